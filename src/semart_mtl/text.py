@@ -1,0 +1,171 @@
+"""Description encoder: a Hugging Face encoder whose top layers alone are fine-tuned."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PreTrainedTokenizerFast
+from transformers.masking_utils import create_bidirectional_mask
+
+HUB_HOST = "huggingface.co"
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights cannot be had: no network and nothing local."""
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers; False at once under HF_HUB_OFFLINE=1."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def go_offline() -> None:
+    """Make the hub clients use their local cache only, so a missing file fails at once.
+
+    Without this a closed network costs about a minute of retries per file.
+    """
+    import huggingface_hub.constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+def load_tokenizer(name_or_path: str):
+    """Tokenizer of a hub name or local folder, with a clear error when it cannot be had."""
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise WeightsUnavailable(_offline_message("text model", name_or_path)) from err
+
+
+def load_text_backbone(name_or_path: str, pretrained: bool) -> nn.Module:
+    """An Auto encoder: pretrained weights, or random ones on the model's own config."""
+    try:
+        if pretrained:
+            return AutoModel.from_pretrained(name_or_path)
+        return AutoModel.from_config(AutoConfig.from_pretrained(name_or_path))
+    except (OSError, ValueError) as err:
+        raise WeightsUnavailable(_offline_message("text model", name_or_path)) from err
+
+
+def _offline_message(what: str, name: str) -> str:
+    return (
+        f"cannot load the {what} {name!r}: it is neither a local folder nor in the Hugging Face "
+        "cache, and the hub cannot be reached (no network, or HF_HUB_OFFLINE=1). Without "
+        "internet pass --text-model LOCAL_FOLDER (a saved encoder with its tokenizer), "
+        "--text-model scratch (an encoder built from the descriptions, random init), or "
+        "--modality image."
+    )
+
+
+def build_scratch_text_model(
+    descriptions: list[str], out_dir: str | Path, vocab_size: int = 4000
+) -> Path:
+    """Train a WordPiece tokenizer on `descriptions` and save it with a small BERT config.
+
+    The folder then loads like any local text model (random weights, no download).
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from tokenizers.processors import TemplateProcessing
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    tokenizer.train_from_iterator(descriptions, trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]",
+    )
+    fast.save_pretrained(out_dir)
+    config = BertConfig(
+        vocab_size=tokenizer.get_vocab_size(), hidden_size=128, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=256, max_position_embeddings=512,
+    )
+    config.save_pretrained(out_dir)
+    return out_dir
+
+
+def find_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The encoder's stack of transformer layers (BERT, DistilBERT, RoBERTa, MiniLM...)."""
+    n_layers = backbone.config.num_hidden_layers
+    for module in backbone.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise ValueError(f"no stack of {n_layers} layers found in {type(backbone).__name__}")
+
+
+class TextEncoder(nn.Module):
+    """(B, L) token ids -> (B, D_txt) mean-pooled description vector.
+
+    The encoder is cut in two: a frozen bottom (embeddings and all but the top
+    `trainable_layers` layers), always run in eval mode without gradients, and a trainable
+    top. Because the bottom never changes, its output for a description is a pure function
+    of the text, which is what makes it cacheable.
+    """
+
+    def __init__(self, backbone: nn.Module, trainable_layers: int = 1):
+        super().__init__()
+        self.backbone = backbone
+        self.layers = find_layers(backbone)
+        if not 0 <= trainable_layers <= len(self.layers):
+            raise ValueError(f"trainable_layers must be in [0, {len(self.layers)}]")
+        self.trainable_layers = trainable_layers
+        self.dim = backbone.config.hidden_size
+        n_frozen = len(self.layers) - trainable_layers
+        for p in backbone.parameters():
+            p.requires_grad = False
+        for layer in self.layers[n_frozen:]:
+            for p in layer.parameters():
+                p.requires_grad = True
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # The frozen bottom keeps dropout off, so its output is the same every epoch.
+        self.backbone.eval()
+        for layer in self.top_layers():
+            layer.train(mode)
+        return self
+
+    def top_layers(self) -> nn.ModuleList:
+        return self.layers[len(self.layers) - self.trainable_layers:]
+
+    @torch.no_grad()
+    def frozen_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> (B, L, D): hidden states entering the first trainable layer."""
+        out = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
+        )
+        # hidden_states[0] are the embeddings, [k] the output of layer k.
+        return out.hidden_states[len(self.layers) - self.trainable_layers]
+
+    def top(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) -> (B, D): run the trainable layers and mean-pool over real tokens."""
+        if self.trainable_layers:
+            mask = create_bidirectional_mask(
+                config=self.backbone.config, inputs_embeds=hidden, attention_mask=attention_mask
+            )
+            for layer in self.top_layers():
+                hidden = layer(hidden, mask)
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.top(self.frozen_hidden(input_ids, attention_mask), attention_mask)

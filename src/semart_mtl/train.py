@@ -1,0 +1,212 @@
+"""Training: one Accelerate loop for CPU, one GPU and several GPUs; writes the run folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from accelerate.utils import broadcast_object_list, set_seed
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from .config import TASKS, RunConfig
+from .data import fit_labels, is_generated, load_splits
+from .evaluate import (
+    CHECKPOINT, all_metrics, evaluate_split, format_metrics, load_checkpoint, multitask_loss,
+    predict,
+)
+from .model import build_model, count_parameters
+from .pipeline import (
+    TEXT_DIR, check_images, image_settings, make_accelerator, make_dataset, make_loader,
+    needs_images, needs_text, settle_hub_access, text_source,
+)
+from .text import load_tokenizer
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, accelerator, weights, epoch) -> dict:
+    """One pass over the training loader; returns mean losses and throughput."""
+    model.train()
+    totals = {task: 0.0 for task in TASKS} | {"loss": 0.0}
+    n_batches, n_images, start = 0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False,
+               disable=not accelerator.is_local_main_process)
+    for batch in bar:
+        logits = model(batch)  # prepare() wrapped forward in autocast when mixed precision
+        loss, per_task = multitask_loss(logits, batch["labels"], weights)
+
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+
+        totals["loss"] += loss.item()
+        for task, value in per_task.items():
+            totals[task] += value.item()
+        n_batches += 1
+        n_images += len(batch["labels"]) * accelerator.num_processes
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    seconds = time.perf_counter() - start
+    means = {k: v / max(n_batches, 1) for k, v in totals.items()}
+    return means | {"seconds": seconds, "img_per_s": n_images / seconds}
+
+
+def train(cfg: RunConfig) -> Path:
+    """Train, keep the best checkpoint by mean validation accuracy, evaluate it on test."""
+    cfg.validate()
+    accelerator = make_accelerator(cfg.train)
+    set_seed(cfg.train.seed)
+    log = accelerator.print
+
+    # --- data ---
+    run_dir = _run_dir(cfg, accelerator)
+    splits = load_splits(cfg.data, cfg.train.seed)
+    cfg.data.generated = is_generated(cfg.data)
+    cfg.labels = fit_labels(splits.train)
+    frames = {"train": splits.train, "val": splits.val}
+    if splits.test is not None:
+        frames["test"] = splits.test
+    if needs_images(cfg):
+        check_images(frames, splits.images_dir)
+    if cfg.data.generated:
+        warnings.warn("training on the generated sample: its figures say nothing about SemArt")
+
+    # --- model ---
+    settle_hub_access(cfg)
+    source = None
+    if needs_text(cfg):
+        source = text_source(cfg, run_dir, splits.train["DESCRIPTION"].tolist(),
+                             accelerator.is_main_process)
+        accelerator.wait_for_everyone()
+    model = build_model(cfg.model, cfg.labels, text_source=source)
+    tokenizer = load_tokenizer(source) if source else None
+    image_cfg = image_settings(model.image_encoder.backbone, cfg.data.image_size) \
+        if model.image_encoder is not None else None
+    if accelerator.is_main_process:
+        _save_text_model(model, tokenizer, run_dir)
+        cfg.save(run_dir / "config.json")
+
+    # --- loaders ---
+    pad_id = tokenizer.pad_token_id if tokenizer is not None else 0
+    train_set, _ = make_dataset(cfg, splits.train, splits.images_dir, tokenizer, image_cfg, True)
+    val_set, val_unseen = make_dataset(cfg, splits.val, splits.images_dir, tokenizer, image_cfg,
+                                       False)
+    train_loader = make_loader(train_set, cfg, shuffle=True, pad_id=pad_id)
+    val_loader = make_loader(val_set, cfg, shuffle=False, pad_id=pad_id)
+
+    # --- optimisation ---
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    steps = cfg.train.epochs * len(train_loader)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, int(cfg.train.warmup_fraction * steps), steps
+    )
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler
+    )
+
+    n_params, n_trainable = count_parameters(model)
+    log(f"run {run_dir}")
+    log(f"data {'GENERATED SAMPLE (not SemArt)' if cfg.data.generated else splits.images_dir.parent}"
+        f" | train {len(train_set)} | val {len(val_set)}"
+        f"{' (carved from train)' if splits.val_carved else ''}"
+        f" | test {len(splits.test) if splits.test is not None else 'none'}")
+    log(f"model {cfg.model.backbone if image_cfg else '-'} + "
+        f"{cfg.model.text_model if source else '-'} ({cfg.model.modality}) | "
+        f"{n_params / 1e6:.1f}M params, {n_trainable / 1e6:.2f}M trainable")
+    log(f"epochs {cfg.train.epochs} | batch {cfg.train.batch_size} x {accelerator.num_processes} "
+        f"process(es) | device {accelerator.device} | precision {accelerator.mixed_precision}")
+    _log_unseen(log, "val", val_unseen)
+
+    # --- epochs ---
+    history, best = [], -1.0
+    for epoch in range(1, cfg.train.epochs + 1):
+        stats = train_one_epoch(model, train_loader, optimizer, scheduler, accelerator,
+                                cfg.train.task_weights, epoch)
+        predicted, target, val_loss = predict(model, val_loader, accelerator)
+        metrics = all_metrics(predicted, target, cfg.labels)
+        improved = metrics["mean_accuracy"] > best
+        if improved:
+            best = metrics["mean_accuracy"]
+            _save_checkpoint(accelerator, model, run_dir, epoch, metrics)
+        history.append(_history_row(epoch, stats, val_loss, metrics,
+                                    scheduler.get_last_lr()[0]))
+        if accelerator.is_main_process:
+            _write_history(history, run_dir / "history.csv")
+        log(f"epoch {epoch}/{cfg.train.epochs} loss {stats['loss']:.3f} val_loss {val_loss:.3f} | "
+            f"{format_metrics(metrics)} | mean acc {metrics['mean_accuracy']:.3f} | "
+            f"{stats['seconds']:.1f} s {stats['img_per_s']:.1f} img/s{' *' if improved else ''}")
+
+    # --- test ---
+    accelerator.wait_for_everyone()
+    if splits.test is not None:
+        best_model = accelerator.unwrap_model(model)
+        epoch = load_checkpoint(best_model, run_dir)
+        evaluate_split(run_dir, "test", cfg, best_model, tokenizer, splits.test,
+                       splits.images_dir, image_cfg, accelerator, epoch)
+    accelerator.end_training()
+    return run_dir
+
+
+def _run_dir(cfg: RunConfig, accelerator) -> Path:
+    """The run folder, named on the main process so every process writes to the same one."""
+    name = [cfg.train.out]
+    if name[0] is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        name[0] = f"checkpoints/{cfg.model.backbone}-{cfg.model.modality}-{stamp}"
+    name = broadcast_object_list(name) if accelerator.num_processes > 1 else name
+    cfg.train.out = name[0]
+    run_dir = Path(name[0])
+    if accelerator.is_main_process:
+        if (run_dir / CHECKPOINT).exists():
+            raise FileExistsError(f"{run_dir} already holds a run; choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def _save_text_model(model, tokenizer, run_dir: Path) -> None:
+    """Keep the text model's config and tokenizer, so the run rebuilds without a download."""
+    if model.text_encoder is None:
+        return
+    folder = run_dir / TEXT_DIR
+    model.text_encoder.backbone.config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _save_checkpoint(accelerator, model, run_dir: Path, epoch: int, metrics: dict) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state = {"model": accelerator.unwrap_model(model).state_dict(), "epoch": epoch,
+                 "val_mean_accuracy": metrics["mean_accuracy"]}
+        accelerator.save(state, run_dir / CHECKPOINT)
+
+
+def _history_row(epoch: int, stats: dict, val_loss: float, metrics: dict, lr: float) -> dict:
+    row = {"epoch": epoch, "train_loss": stats["loss"]}
+    row |= {f"train_loss_{task}": stats[task] for task in TASKS}
+    row["val_loss"] = val_loss
+    for task, m in metrics["tasks"].items():
+        row[f"val_acc_{task}"] = m["accuracy"]
+        row[f"val_f1_{task}"] = m["macro_f1"]
+    row |= {"val_mean_acc": metrics["mean_accuracy"], "seconds": stats["seconds"],
+            "img_per_s": stats["img_per_s"], "lr": lr}
+    return row
+
+
+def _write_history(history: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _log_unseen(log, split: str, unseen: dict[str, int]) -> None:
+    counted = {task: n for task, n in unseen.items() if n}
+    if counted:
+        log(f"{split}: rows whose label training never saw, left out of loss and metrics: "
+            f"{json.dumps(counted)}")
