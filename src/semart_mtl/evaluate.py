@@ -201,7 +201,8 @@ def evaluate_run(
     accelerator = make_accelerator(cfg.train)
 
     text_dir = str(run_dir / TEXT_DIR) if needs_text(cfg) else None
-    model = build_model(cfg.model, cfg.labels, text_source=text_dir, pretrained=False)
+    model = build_model(cfg.model, cfg.labels, text_source=text_dir, pretrained=False,
+                        image_size=cfg.data.image_size)
     epoch = load_checkpoint(model, run_dir)
     tokenizer = load_tokenizer(text_dir) if text_dir else None
     image_cfg = None

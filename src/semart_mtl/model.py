@@ -23,10 +23,11 @@ class ImageEncoder(nn.Module):
     """
 
     def __init__(
-        self, name: str, pretrained: bool, freeze: float, weights: str | None = None
+        self, name: str, pretrained: bool, freeze: float, weights: str | None = None,
+        image_size: int | None = None,
     ):
         super().__init__()
-        self.backbone = create_backbone(name, pretrained, weights)
+        self.backbone = create_backbone(name, pretrained, weights, image_size)
         self.dim = self.backbone.num_features
         self.frozen_modules = freeze_groups(self.backbone, freeze)
 
@@ -42,16 +43,23 @@ class ImageEncoder(nn.Module):
         return self.backbone(image)
 
 
-def create_backbone(name: str, pretrained: bool, weights: str | None) -> nn.Module:
+def create_backbone(
+    name: str, pretrained: bool, weights: str | None, image_size: int | None = None
+) -> nn.Module:
     """A timm model without its classifier, from the hub, a local file, or random init."""
+    kwargs = {"num_classes": 0}
+    default_cfg = timm.models.get_pretrained_cfg(name)
+    if image_size and default_cfg is not None and default_cfg.fixed_input_size:
+        # ViTs are built for one input size; timm resamples position embeddings to this one.
+        kwargs["img_size"] = image_size
     if weights is not None:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"--image-weights {weights}: no such file")
         # timm loads a local file through the pretrained path, dropping classifier weights.
         overlay = {"file": str(weights)}
-        return timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0)
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError) as err:
         if not pretrained:
             raise
@@ -135,19 +143,19 @@ class FusionClassifier(nn.Module):
 
 def build_model(
     cfg: ModelConfig, labels: dict[str, list[str]], text_source: str | None = None,
-    pretrained: bool | None = None,
+    pretrained: bool | None = None, image_size: int | None = None,
 ) -> FusionClassifier:
     """The classifier a config describes.
 
     `text_source` is where the text model's config and tokenizer are read (a run folder's
     copy when rebuilding); `pretrained` overrides the config (False when weights come from a
-    checkpoint anyway).
+    checkpoint anyway); `image_size` is the input size when not the backbone's own.
     """
     pretrained = cfg.pretrained if pretrained is None else pretrained
     image_encoder = text_encoder = None
     if cfg.modality in ("image", "fusion"):
         weights = cfg.image_weights if pretrained else None
-        image_encoder = ImageEncoder(cfg.backbone, pretrained, cfg.freeze, weights)
+        image_encoder = ImageEncoder(cfg.backbone, pretrained, cfg.freeze, weights, image_size)
     if cfg.modality in ("text", "fusion"):
         source = text_source or cfg.text_model
         backbone = load_text_backbone(source, pretrained and source == cfg.text_model)

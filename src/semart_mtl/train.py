@@ -82,7 +82,8 @@ def train(cfg: RunConfig) -> Path:
         source = text_source(cfg, run_dir, splits.train["DESCRIPTION"].tolist(),
                              accelerator.is_main_process)
         accelerator.wait_for_everyone()
-    model = build_model(cfg.model, cfg.labels, text_source=source)
+    model = build_model(cfg.model, cfg.labels, text_source=source,
+                        image_size=cfg.data.image_size)
     tokenizer = load_tokenizer(source) if source else None
     image_cfg = image_settings(model.image_encoder.backbone, cfg.data.image_size) \
         if model.image_encoder is not None else None
