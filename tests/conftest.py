@@ -19,7 +19,7 @@ REAL_DIR = Path(os.environ.get("SEMART_REAL", REPO.parent / "shared" / "semart-r
 requires_real = pytest.mark.skipif(
     not (REAL_DIR / "semart_val.csv").is_file(), reason=f"real SemArt rows not at {REAL_DIR}"
 )
-SMALL_SAMPLE = {"train": 64, "val": 24, "test": 24}
+SMALL_SAMPLE = {"train": 160, "val": 40, "test": 24}
 
 
 @pytest.fixture(scope="session")

@@ -94,7 +94,20 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point; known input problems end in one clear line and exit status 2."""
+    from .data import DataError
+    from .text import WeightsUnavailable
+
     args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (DataError, WeightsUnavailable, FileExistsError, FileNotFoundError) as err:
+        print(f"semart-mtl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out one parsed command."""
     if args.command == "make-sample":
         from .sample import make_sample
 

@@ -87,11 +87,21 @@ def freeze_groups(backbone: nn.Module, fraction: float) -> list[nn.Module]:
     return frozen
 
 
+def projection(dim_in: int, dim_out: int, dropout: float) -> nn.Sequential:
+    """(B, D_in) -> (B, D_out): standardise, drop out, project.
+
+    Pooled encoder features share a large common component (every description's mean token
+    vector looks alike); standardising each feature over the batch lets the small differences
+    that carry the labels reach the heads at ordinary learning rates.
+    """
+    return nn.Sequential(nn.BatchNorm1d(dim_in), nn.Dropout(dropout), nn.Linear(dim_in, dim_out))
+
+
 class FusionClassifier(nn.Module):
     """Image and/or description -> one logit vector per task.
 
-    image (B, 3, H, W) -> (B, D_img) -> dropout, linear -> (B, F)
-    text  (B, L)       -> (B, D_txt) -> dropout, linear -> (B, F)
+    image (B, 3, H, W) -> (B, D_img) -> batch norm, dropout, linear -> (B, F)
+    text  (B, L)       -> (B, D_txt) -> batch norm, dropout, linear -> (B, F)
     fusion: concat (B, 2F) -> linear, GELU, dropout -> (B, F) -> one linear head per task
     """
 
@@ -110,14 +120,10 @@ class FusionClassifier(nn.Module):
         self.text_encoder = text_encoder
         branches = 0
         if image_encoder is not None:
-            self.image_proj = nn.Sequential(
-                nn.Dropout(dropout), nn.Linear(image_encoder.dim, fusion_dim)
-            )
+            self.image_proj = projection(image_encoder.dim, fusion_dim, dropout)
             branches += 1
         if text_encoder is not None:
-            self.text_proj = nn.Sequential(
-                nn.Dropout(dropout), nn.Linear(text_encoder.dim, fusion_dim)
-            )
+            self.text_proj = projection(text_encoder.dim, fusion_dim, dropout)
             branches += 1
         self.fusion = nn.Sequential(
             nn.Linear(branches * fusion_dim, fusion_dim), nn.GELU(), nn.Dropout(dropout)

@@ -104,6 +104,8 @@ def make_loader(
     workers = workers if dataset.images_dir is not None else 0
     return DataLoader(
         dataset, batch_size=cfg.train.batch_size, shuffle=shuffle, num_workers=workers,
+        # Training drops a ragged last batch: batch norm cannot standardise a single row.
+        drop_last=shuffle and len(dataset) > cfg.train.batch_size,
         collate_fn=partial(collate, pad_id=pad_id), pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(cfg.train.seed),
     )

@@ -148,13 +148,15 @@ def _draw(kind: str, school: int, timeframe: int, medium: str, rng) -> Image.Ima
 
 
 def _texture(medium: str, height: int, width: int, rng) -> np.ndarray:
+    # Coarse patterns, so they survive resizing to small training sizes and random crops.
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    if medium == "canvas":  # fine weave
-        return 18 * np.sign(np.sin(x * 1.6) * np.sin(y * 1.6))
+    if medium == "canvas":  # weave
+        return 30 * np.sign(np.sin(x * 0.6) * np.sin(y * 0.6))
     if medium == "wood":  # vertical grain
-        return 22 * np.sin(x * 0.5 + 3 * np.sin(y * 0.05 + rng.random() * 6))
-    if medium == "wall":  # coarse plaster speckle
-        return 30 * (rng.random((height, width)) > 0.9)
+        return 35 * np.sin(x * 0.35 + 2 * np.sin(y * 0.03 + rng.random() * 6))
+    if medium == "wall":  # plaster blotches
+        blotches = rng.random((height // 8 + 1, width // 8 + 1)) > 0.7
+        return 40 * np.kron(blotches, np.ones((8, 8)))[:height, :width]
     if medium == "metal":  # horizontal sheen
-        return 35 * np.sin(y * 0.08 + rng.random() * 6)
+        return 45 * np.sin(y * 0.15 + rng.random() * 6)
     return np.zeros((height, width), np.float32)  # paper: smooth

@@ -51,7 +51,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, weights, e
         n_images += len(batch["labels"]) * accelerator.num_processes
         bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.perf_counter() - start
-    means = {k: v / max(n_batches, 1) for k, v in totals.items()}
+    # Each process saw its own shard; report the mean over all of them.
+    local = torch.tensor([totals[k] / max(n_batches, 1) for k in totals], device=accelerator.device)
+    means = dict(zip(totals, accelerator.reduce(local, reduction="mean").tolist()))
     return means | {"seconds": seconds, "img_per_s": n_images / seconds}
 
 
