@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _main(argv)
-    except (DataError, RunFolderError, NonFiniteLoss, WeightsUnavailable) as err:
+    except (DataError, RunFolderError, NonFiniteLoss, WeightsUnavailable, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
