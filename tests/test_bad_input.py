@@ -103,7 +103,8 @@ def grayscale(data: Path) -> None:
 
 
 def palette(data: Path) -> None:
-    replace_image(data, Image.open(image_at(data)).convert("P", palette=Image.Palette.ADAPTIVE), ".png")
+    image = Image.open(image_at(data)).convert("P", palette=Image.Palette.ADAPTIVE)
+    replace_image(data, image, ".png")
 
 
 def alpha(data: Path) -> None:

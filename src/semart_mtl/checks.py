@@ -248,7 +248,8 @@ class DataReport:
             hint = "Fix these rows and files, then run again."
             if self.bad_images and not skip_bad_images:
                 hint += (f" Or pass --skip-bad-images to leave the {len(self.bad_images)} "
-                         f"unreadable painting(s) out, listed in the run folder's {SKIPPED_IMAGES}.")
+                         "unreadable painting(s) out, listed in the run folder's "
+                         f"{SKIPPED_IMAGES}.")
             raise DataCheckError(problems, hint)
 
 
