@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-size", type=int, help="default: the backbone's own")
     data.add_argument("--max-length", type=int, help="description tokens")
     data.add_argument("--num-workers", type=int)
+    data.add_argument("--image-check", choices=("decode", "header", "exists"),
+                      help="how paintings are checked before training (default decode)")
+    data.add_argument("--skip-bad-images", action="store_true", default=None,
+                      help="leave unreadable paintings out (listed in the run folder) "
+                           "instead of stopping")
     model = train.add_argument_group("model")
     model.add_argument("--backbone", help=f"any timm name; benchmarked: {', '.join(BACKBONES)}")
     model.add_argument("--modality", choices=MODALITIES)
@@ -58,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--fusion-dim", type=int)
     opt = train.add_argument_group("optimisation")
     opt.add_argument("--out", help="run folder (default checkpoints/BACKBONE-MODALITY-TIME)")
+    opt.add_argument("--resume", type=Path, metavar="RUN",
+                     help="continue a stopped run from its last.pt, with its own config.json")
     opt.add_argument("--epochs", type=int)
     opt.add_argument("--batch-size", type=int)
     opt.add_argument("--lr", type=float)
@@ -93,15 +100,37 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
+def resume_config(args: argparse.Namespace) -> RunConfig:
+    """The config a stopped run was started with; other run settings are refused."""
+    from .checkpoint import LAST
+    from .checks import load_run_config
+
+    given = sorted(k for k, v in vars(args).items()
+                   if v is not None and k not in ("command", "resume", "device", "num_workers"))
+    if given:
+        raise SystemExit(f"--resume takes the run's settings from {args.resume}/config.json; "
+                         f"drop {', '.join('--' + k.replace('_', '-') for k in given)}")
+    cfg = load_run_config(args.resume, needs=(LAST,))
+    cfg.train.out = str(args.resume)
+    # Where it runs may change; what it computes may not.
+    cfg.train.device = args.device or cfg.train.device
+    cfg.data.num_workers = args.num_workers if args.num_workers is not None \
+        else cfg.data.num_workers
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; known input problems end in one clear line and exit status 2."""
+    """Entry point; bad input and broken run folders end in one message and exit status 2."""
+    from .checks import RunFolderError
     from .data import DataError
     from .text import WeightsUnavailable
+    from .train import NonFiniteLoss
 
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (DataError, WeightsUnavailable, FileExistsError, FileNotFoundError) as err:
+    except (DataError, RunFolderError, NonFiniteLoss, WeightsUnavailable, FileExistsError,
+            FileNotFoundError) as err:
         print(f"semart-mtl {args.command}: error: {err}", file=sys.stderr)
         return 2
 
@@ -117,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "train":
         from .train import train
 
+        if args.resume is not None:
+            train(resume_config(args), resume=True)
+            return 0
         cfg = config_from_args(args)
         if cfg.data.data_dir == str(SAMPLE_DIR) and args.data is None:
             _ensure_sample()

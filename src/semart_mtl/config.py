@@ -30,6 +30,8 @@ class DataConfig:
     max_length: int = 256  # description tokens
     num_workers: int | None = None  # None: chosen from the machine
     generated: bool = False  # set when the data came from `make-sample`
+    image_check: str = "decode"  # before training: decode | header | exists (fastest)
+    skip_bad_images: bool = False  # leave unreadable paintings out instead of stopping
 
 
 @dataclass
@@ -100,6 +102,9 @@ class RunConfig:
         """Reject settings that would only fail later, deep inside a run."""
         if self.model.modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {self.model.modality!r}")
+        if self.data.image_check not in ("decode", "header", "exists"):
+            raise ValueError(f"image_check must be decode, header or exists, "
+                             f"got {self.data.image_check!r}")
         if not 0.0 <= self.model.freeze <= 1.0:
             raise ValueError(f"freeze is a fraction in [0, 1], got {self.model.freeze}")
         if not 0.0 < self.data.val_fraction < 1.0:
@@ -107,6 +112,8 @@ class RunConfig:
         unknown = set(self.train.task_weights) - set(TASKS)
         if unknown:
             raise ValueError(f"task_weights names unknown tasks {sorted(unknown)}; tasks: {TASKS}")
+        if not all(0.0 <= w < float("inf") for w in self.train.task_weights.values()):
+            raise ValueError(f"task weights must be finite and >= 0: {self.train.task_weights}")
         for name in ("epochs", "batch_size"):
             if getattr(self.train, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -209,12 +209,6 @@ def encode_labels(
 # --- images ------------------------------------------------------------------------------
 
 
-def missing_images(frame: pd.DataFrame, images_dir: Path) -> list[str]:
-    """Names in IMAGE_FILE that have no file in `images_dir`."""
-    present = {p.name for p in images_dir.iterdir()} if images_dir.is_dir() else set()
-    return [name for name in frame["IMAGE_FILE"] if name not in present]
-
-
 def load_image(path: str | Path) -> Image.Image:
     """A painting as upright RGB, whatever its mode and EXIF orientation."""
     with Image.open(path) as image:

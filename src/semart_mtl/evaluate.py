@@ -142,9 +142,17 @@ def format_metrics(metrics: dict) -> str:
 CHECKPOINT = "best.pt"
 
 
-def load_checkpoint(model, run_dir: Path) -> int:
-    """Load best.pt into `model`; return the epoch it was saved at."""
+def load_checkpoint(model, run_dir: Path, cfg=None) -> int:
+    """Load best.pt into `model`; return the epoch it was saved at.
+
+    With the run's `cfg`, a checkpoint that disagrees with it is refused, saying how.
+    """
+    from .checks import RunFolderError, checkpoint_problems
+
     state = torch.load(Path(run_dir) / CHECKPOINT, map_location="cpu", weights_only=True)
+    problems = checkpoint_problems(state, model, cfg, CHECKPOINT) if cfg is not None else []
+    if problems:
+        raise RunFolderError(Path(run_dir), problems)
     model.load_state_dict(state["model"])
     return int(state["epoch"])
 
@@ -186,14 +194,14 @@ def evaluate_run(
     run_dir: str | Path, split: str = "test", data_dir: str | None = None, device: str = "auto"
 ) -> dict:
     """Rebuild a run's model from its folder alone and evaluate its best checkpoint."""
-    from .config import RunConfig
+    from .checks import check_data, load_run_config
     from .data import load_splits
     from .model import build_model
-    from .pipeline import TEXT_DIR, check_images, image_settings, make_accelerator, needs_text
+    from .pipeline import TEXT_DIR, image_settings, make_accelerator, needs_images, needs_text
     from .text import load_tokenizer
 
     run_dir = Path(run_dir)
-    cfg = RunConfig.load(run_dir / "config.json")
+    cfg = load_run_config(run_dir, needs=(CHECKPOINT,))
     if data_dir is not None:
         cfg.data.data_dir = data_dir
         cfg.data.train_csv = cfg.data.val_csv = cfg.data.test_csv = cfg.data.images_dir = None
@@ -203,17 +211,18 @@ def evaluate_run(
     text_dir = str(run_dir / TEXT_DIR) if needs_text(cfg) else None
     model = build_model(cfg.model, cfg.labels, text_source=text_dir, pretrained=False,
                         image_size=cfg.data.image_size)
-    epoch = load_checkpoint(model, run_dir)
+    epoch = load_checkpoint(model, run_dir, cfg)
     tokenizer = load_tokenizer(text_dir) if text_dir else None
     image_cfg = None
     if model.image_encoder is not None:
         image_cfg = image_settings(model.image_encoder.backbone, cfg.data.image_size)
 
+    # NOTE: evaluation never skips paintings: its figures must cover the whole split.
+    check_data(cfg.data, needs_images(cfg), needs_text(cfg), image_splits=(split,)) \
+        .raise_if_problems(skip_bad_images=False)
     splits = load_splits(cfg.data, cfg.train.seed)
     frame = {"test": splits.test, "val": splits.val}[split]
     if frame is None:
         raise FileNotFoundError(f"the run's data has no {split} split ({cfg.data.data_dir})")
-    if image_cfg is not None:
-        check_images({split: frame}, splits.images_dir)
     return evaluate_split(run_dir, split, cfg, model, tokenizer, frame, splits.images_dir,
                           image_cfg, accelerator, epoch)

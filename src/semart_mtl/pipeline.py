@@ -12,9 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import SCRATCH_TEXT_MODEL, RunConfig, TrainConfig
-from .data import (
-    DataError, PaintingDataset, build_transforms, collate, encode_labels, missing_images,
-)
+from .data import PaintingDataset, build_transforms, collate, encode_labels
 from .text import build_scratch_text_model, go_offline, hub_reachable
 
 TEXT_DIR = "text_encoder"  # in a run folder: the text model's config and tokenizer
@@ -50,19 +48,6 @@ def text_source(cfg: RunConfig, run_dir: Path, train_descriptions: list[str], is
     if is_main:
         build_scratch_text_model(train_descriptions, folder)
     return str(folder)
-
-
-def check_images(frames: dict[str, pd.DataFrame], images_dir: Path) -> None:
-    """Stop before training when any image a split names is absent."""
-    missing = {split: missing_images(f, images_dir) for split, f in frames.items()}
-    total = sum(len(names) for names in missing.values())
-    if total:
-        first = [name for names in missing.values() for name in names][:5]
-        per_split = ", ".join(f"{s}: {len(n)}" for s, n in missing.items() if n)
-        raise DataError(
-            f"{total} image(s) named in the CSVs are missing from {images_dir} ({per_split}); "
-            f"first: {first}. Fix the images folder (--images DIR) or use --modality text."
-        )
 
 
 def image_settings(backbone: torch.nn.Module, image_size: int | None) -> dict:

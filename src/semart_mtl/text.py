@@ -71,21 +71,22 @@ def _offline_message(what: str, name: str) -> str:
 def build_scratch_text_model(
     descriptions: list[str], out_dir: str | Path, vocab_size: int = 4000
 ) -> Path:
-    """Train a WordPiece tokenizer on `descriptions` and save it with a small BERT config.
+    """Build a WordPiece tokenizer from `descriptions` and save it with a small BERT config.
 
     The folder then loads like any local text model (random weights, no download).
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from tokenizers.processors import TemplateProcessing
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
-    tokenizer.train_from_iterator(descriptions, trainer)
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    vocab = _wordpiece_vocab(descriptions, vocab_size, specials, normalizer, pre_tokenizer)
+    tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
@@ -101,6 +102,29 @@ def build_scratch_text_model(
     )
     config.save_pretrained(out_dir)
     return out_dir
+
+
+def _wordpiece_vocab(descriptions, size: int, specials, normalizer, pre_tokenizer) -> dict:
+    """Specials, every character (alone and as a word piece), then the most frequent words.
+
+    Unlike `tokenizers`' WordPieceTrainer, whose ties depend on hash order, the same
+    descriptions always give the same vocabulary, so runs with one seed are repeatable.
+    Words outside it are spelled out in characters.
+    """
+    from collections import Counter
+
+    words = Counter(word for text in descriptions
+                    for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in words for c in word})
+    pieces = list(specials) + chars + [f"##{c}" for c in chars]
+    known = set(pieces)
+    # Most frequent first; equal counts in alphabetical order.
+    for word, _ in sorted(words.items(), key=lambda item: (-item[1], item[0])):
+        if len(pieces) >= size:
+            break
+        if word not in known:
+            pieces.append(word)
+    return {piece: i for i, piece in enumerate(pieces)}
 
 
 def find_layers(backbone: nn.Module) -> nn.ModuleList:
