@@ -26,7 +26,9 @@ IMAGE_CHECKS = ("decode", "header", "exists")
 SKIPPED_IMAGES = "skipped_images.csv"  # in a run folder: paintings left out by --skip-bad-images
 MAX_LISTED = 50  # problems printed in one error; the rest are counted
 # Columns that must not be empty: a painting without a label or file name cannot be used.
-REQUIRED_VALUES = ("IMAGE_FILE", "TECHNIQUE", "TYPE", "SCHOOL", "TIMEFRAME")
+# NOTE: an empty TECHNIQUE is allowed (its medium is "other"), and so is an empty
+# DESCRIPTION (SemArt has such rows): the text branch then sees no words, which is noted.
+REQUIRED_VALUES = ("IMAGE_FILE", "TYPE", "SCHOOL", "TIMEFRAME")
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class RawSplit:
         return [(line, fields[i]) for line, fields in self.rows if len(fields) == len(self.header)]
 
 
-def check_csv(path: Path, text_needed: bool) -> tuple[RawSplit | None, list[Problem]]:
+def check_csv(path: Path) -> tuple[RawSplit | None, list[Problem]]:
     """Encoding, header, field counts and empty values of one SemArt CSV."""
     name = str(path)
     if not path.is_file():
@@ -129,8 +131,7 @@ def check_csv(path: Path, text_needed: bool) -> tuple[RawSplit | None, list[Prob
                 f"({'a tab inside a field?' if len(fields) > len(header) else 'cut short?'})"
             )))
     split = RawSplit(path, header, rows)
-    required = REQUIRED_VALUES + (("DESCRIPTION",) if text_needed else ())
-    for column in required:
+    for column in REQUIRED_VALUES:
         for number, value in split.column(column):
             if not value.strip():
                 problems.append(Problem(name, number, f"empty {column}"))
@@ -265,12 +266,16 @@ def check_data(
     for split, path in split_paths(cfg).items():
         if path is None:
             continue
-        found, problems = check_csv(path, text_needed)
+        found, problems = check_csv(path)
         report.problems += problems
         if found is not None:
             raw[split] = found
             if extra_columns(found):
                 report.notes.append(f"{path}: extra column(s) {extra_columns(found)} ignored")
+            empty = [n for n, text in found.column("DESCRIPTION") if not text.strip()]
+            if text_needed and empty:
+                report.notes.append(f"{path}: {len(empty)} row(s) with an empty DESCRIPTION: "
+                                    f"the text branch sees no words for them (lines {empty[:20]})")
     if "train" in raw:
         report.problems += _label_problems(raw["train"])
         report.notes += _unseen_notes(raw)
