@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ import pandas as pd
 import torch
 from PIL import Image, ImageOps
 from sklearn.model_selection import train_test_split
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
 from .config import TASKS, DataConfig
@@ -215,9 +216,14 @@ def missing_images(frame: pd.DataFrame, images_dir: Path) -> list[str]:
     return [name for name in frame["IMAGE_FILE"] if name not in present]
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """A painting as upright RGB, whatever its mode and EXIF orientation."""
+def load_image(path: str | Path, draft: int | None = None) -> Image.Image:
+    """A painting as upright RGB, whatever its mode and EXIF orientation.
+
+    `draft`: a JPEG may be decoded at a reduced scale whose sides stay at least this long.
+    """
     with Image.open(path) as image:
+        if draft is not None:
+            image.draft("RGB", (draft, draft))
         image = ImageOps.exif_transpose(image)
         # Palette and alpha images go through RGBA so transparency is resolved, not garbled.
         if image.mode in ("P", "PA", "LA", "RGBA"):
@@ -256,13 +262,17 @@ class PaintingDataset(Dataset):
         images_dir: Path | None,
         transform=None,
         token_ids: list[list[int]] | None = None,
+        cached_text=None,
     ):
         # images_dir None: a text-only run; token_ids None: an image-only run.
+        # cached_text (a text_cache.CachedText): the frozen encoder's output per row, used
+        # instead of the token ids.
         self.image_files = frame["IMAGE_FILE"].tolist()
         self.targets = torch.as_tensor(targets)
         self.images_dir = images_dir
         self.transform = transform
         self.token_ids = token_ids
+        self.cached_text = cached_text
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -271,7 +281,9 @@ class PaintingDataset(Dataset):
         item = {"labels": self.targets[i], "index": i}
         if self.images_dir is not None:
             item["image"] = self.transform(load_image(self.images_dir / self.image_files[i]))
-        if self.token_ids is not None:
+        if self.cached_text is not None:
+            item[self.cached_text.item_key] = self.cached_text[i]
+        elif self.token_ids is not None:
             item["input_ids"] = torch.as_tensor(self.token_ids[i])
         return item
 
@@ -284,12 +296,45 @@ def collate(items: list[dict], pad_id: int = 0) -> dict:
     }
     if "image" in items[0]:
         batch["image"] = torch.stack([it["image"] for it in items])
-    if "input_ids" in items[0]:
-        ids = [it["input_ids"] for it in items]
-        batch["input_ids"] = torch.nn.utils.rnn.pad_sequence(
-            ids, batch_first=True, padding_value=pad_id
-        )
-        lengths = torch.as_tensor([len(x) for x in ids])
-        positions = torch.arange(batch["input_ids"].shape[1])
-        batch["attention_mask"] = (positions[None, :] < lengths[:, None]).long()
+    if "text_vector" in items[0]:
+        batch["text_vector"] = torch.stack([it["text_vector"] for it in items])  # (B, D)
+    # Token ids (B, L) or cached hidden states (B, L, D), with the mask of real tokens.
+    for key, padding in (("input_ids", pad_id), ("hidden", 0.0)):
+        if key in items[0]:
+            rows = [it[key] for it in items]
+            batch[key] = torch.nn.utils.rnn.pad_sequence(
+                rows, batch_first=True, padding_value=padding
+            )
+            lengths = torch.as_tensor([len(x) for x in rows])
+            positions = torch.arange(batch[key].shape[1])
+            batch["attention_mask"] = (positions[None, :] < lengths[:, None]).long()
     return batch
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of rows of similar description length, so little padding is computed.
+
+    Rows are shuffled, cut into windows of `window` batches, sorted by length inside each
+    window, cut into batches, and the batches shuffled: every epoch differs, as with plain
+    shuffling, but a batch's rows have similar lengths.
+    """
+
+    def __init__(
+        self, lengths: list[int], batch_size: int, generator: torch.Generator, window: int = 50
+    ):
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.generator = generator
+        self.window = window * batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        batches = []
+        for start in range(0, len(order), self.window):
+            chunk = sorted(order[start:start + self.window], key=self.lengths.__getitem__)
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[b]
