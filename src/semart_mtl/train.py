@@ -24,6 +24,7 @@ from .model import build_model, count_parameters
 from .pipeline import (
     TEXT_DIR, check_images, image_settings, make_accelerator, make_dataset, make_loader,
     needs_images, needs_text, open_text_cache, settle_hub_access, speed_up_model, text_source,
+    use_free_cores,
 )
 from .text import load_tokenizer
 
@@ -101,6 +102,8 @@ def train(cfg: RunConfig) -> Path:
                                        False, text_cache)
     train_loader = make_loader(train_set, cfg, shuffle=True, pad_id=pad_id)
     val_loader = make_loader(val_set, cfg, shuffle=False, pad_id=pad_id)
+    if accelerator.device.type == "cpu":
+        use_free_cores(train_loader.num_workers)
 
     # --- optimisation ---
     trainable = [p for p in model.parameters() if p.requires_grad]
