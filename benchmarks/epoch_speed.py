@@ -313,7 +313,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--real", type=Path, default=DEFAULT_REAL, help="real SemArt rows")
     parser.add_argument("--rows", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=RunConfig().train.batch_size)
     parser.add_argument("--backbone", default="efficientnet_b0")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--max-length", type=int, default=256)
@@ -406,7 +406,8 @@ def print_summary(report: dict) -> None:
     for pipeline in PIPELINES:
         if pipeline in report:
             r = report[pipeline]
-            print(f"{pipeline:8s} {r['seconds_per_epoch']:8.2f} s/epoch  {r['img_per_s']:8.1f} img/s"
+            print(f"{pipeline:8s} {r['seconds_per_epoch']:8.2f} s/epoch  "
+                  f"{r['img_per_s']:8.1f} img/s"
                   f"  peak RSS {r['peak_memory_mib']['process_rss']:.0f} MiB")
             if "bare_backbone" in r:
                 bare = r["bare_backbone"]["img_per_s"]

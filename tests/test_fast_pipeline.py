@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from semart_mtl.data import DataError, LengthGroupedBatchSampler
+from semart_mtl.evaluate import evaluate_run
 from semart_mtl.image_cache import build_image_cache, cache_short_side
+from semart_mtl.text_cache import HiddenStore
 from semart_mtl.train import train
 
 from conftest import REAL_DIR, requires_real, tiny_config
@@ -113,3 +115,10 @@ def test_fusion_training_with_every_speed_option(sample_dir, tmp_path):
     assert len(images) == 1 and images[0].name.endswith("-48")
     with Image.open(next(images[0].glob("*.jpg"))) as copy:
         assert min(copy.size) == 48
+    # Rebuilt from its folder, the trained model finds its frozen output in the same store.
+    stores = list((tmp_path / "cache" / "text").iterdir())
+    assert len(stores) == 1
+    entries = len(HiddenStore(stores[0], dim=128))
+    assert evaluate_run(run, "val")["split"] == "val"
+    assert list((tmp_path / "cache" / "text").iterdir()) == stores
+    assert len(HiddenStore(stores[0], dim=128)) == entries

@@ -11,7 +11,9 @@ import torch
 
 from semart_mtl.data import collate, read_split
 from semart_mtl.model import FusionClassifier
-from semart_mtl.text import TextEncoder, build_scratch_text_model, load_text_backbone, load_tokenizer
+from semart_mtl.text import (
+    TextEncoder, build_scratch_text_model, load_text_backbone, load_tokenizer,
+)
 from semart_mtl.text_cache import HiddenStore, TextCache, file_lock
 
 from conftest import REAL_DIR, requires_real

@@ -47,7 +47,8 @@ def file_lock(folder: Path):
 
 def tokens_hash(token_ids: list[int]) -> bytes:
     """Entry name: a digest of one description's token ids (after truncation)."""
-    return hashlib.blake2b(np.asarray(token_ids, np.int64).tobytes(), digest_size=HASH_BYTES).digest()
+    raw = np.asarray(token_ids, np.int64).tobytes()
+    return hashlib.blake2b(raw, digest_size=HASH_BYTES).digest()
 
 
 def frozen_weights_hash(encoder: TextEncoder) -> str:
