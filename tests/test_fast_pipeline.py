@@ -122,3 +122,17 @@ def test_fusion_training_with_every_speed_option(sample_dir, tmp_path):
     assert evaluate_run(run, "val")["split"] == "val"
     assert list((tmp_path / "cache" / "text").iterdir()) == stores
     assert len(HiddenStore(stores[0], dim=128)) == entries
+
+
+def test_channels_last_backbone_computes_the_same_features():
+    from semart_mtl.model import ImageEncoder
+
+    torch.manual_seed(0)
+    encoder = ImageEncoder("efficientnet_b0", pretrained=False, freeze=0.5).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = encoder(images)
+        encoder.use_channels_last()
+        after = encoder(images)
+    assert encoder.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
