@@ -35,6 +35,7 @@ def tiny_config(data_dir: Path, out: Path, **model) -> RunConfig:
     cfg.data.image_size = 64
     cfg.data.max_length = 48
     cfg.data.num_workers = 0
+    cfg.data.cache_dir = str(Path(out).parent / "cache")  # shared by a test's runs, not the repo's
     cfg.model.pretrained = False
     cfg.model.text_model = SCRATCH_TEXT_MODEL
     cfg.model.fusion_dim = 64

@@ -10,7 +10,7 @@ from conftest import REAL_DIR, requires_real
 from semart_mtl.config import DataConfig
 from semart_mtl.data import (
     MEDIA, TASK_COLUMNS, DataError, carve_validation, encode_labels, fit_labels, is_generated,
-    load_image, load_splits, missing_images, read_split,
+    load_image, load_splits, read_split,
 )
 from semart_mtl.sample import SPLIT_SIZES
 
@@ -51,12 +51,11 @@ def test_real_unseen_labels_are_counted():
 
 
 @requires_real
-def test_real_images_csv_and_missing_images():
+def test_real_images_csv():
     frame = read_split(REAL_DIR / "semart_images.csv")
     assert len(frame) == 12
     assert (frame["DESCRIPTION"] == "").any()  # empty descriptions survive
-    missing = missing_images(frame, REAL_DIR / "Images")
-    assert missing == [n for n in frame["IMAGE_FILE"] if not (REAL_DIR / "Images" / n).exists()]
+    assert all((REAL_DIR / "Images" / name).is_file() for name in frame["IMAGE_FILE"])
 
 
 @requires_real
@@ -81,7 +80,7 @@ def test_sample_splits_and_marker(sample_dir):
     assert (len(splits.train), len(splits.val), len(splits.test)) == (160, 40, 24)
     assert not splits.val_carved
     assert is_generated(cfg)
-    assert missing_images(splits.train, splits.images_dir) == []
+    assert all((splits.images_dir / name).is_file() for name in splits.train["IMAGE_FILE"])
     assert set(SPLIT_SIZES) == {"train", "val", "test"}
 
 

@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--skip-bad-images", action="store_true", default=None,
                       help="leave unreadable paintings out (listed in the run folder) "
                            "instead of stopping")
+    data.add_argument("--cache-dir", help="text and image caches (default .cache/semart_mtl)")
+    data.add_argument("--no-text-cache", dest="text_cache", action="store_false", default=None,
+                      help="run the whole text encoder every step")
+    data.add_argument("--no-image-cache", dest="image_cache", action="store_false", default=None,
+                      help="decode the full-size images every epoch")
+    data.add_argument("--image-cache-size", type=int, help="shorter side of the cached copies")
+    data.add_argument("--group-by-length", action="store_true", default=None,
+                      help="batch descriptions of similar length together")
     model = train.add_argument_group("model")
     model.add_argument("--backbone", help=f"any timm name; benchmarked: {', '.join(BACKBONES)}")
     model.add_argument("--modality", choices=MODALITIES)
@@ -74,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--seed", type=int)
     opt.add_argument("--device", choices=("auto", "cpu", "cuda"))
     opt.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"))
+    opt.add_argument("--compile", action="store_true", default=None,
+                     help="torch.compile the image backbone")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run folder's best checkpoint")
     evaluate.add_argument("--run", required=True, type=Path)

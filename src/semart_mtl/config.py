@@ -29,6 +29,12 @@ class DataConfig:
     image_size: int | None = None  # None: the backbone's own input size
     max_length: int = 256  # description tokens
     num_workers: int | None = None  # None: chosen from the machine
+    # Speed: none of these changes what is learned (see text_cache.py and image_cache.py).
+    cache_dir: str = ".cache/semart_mtl"  # text and image caches, reused across runs
+    text_cache: bool = True  # keep the frozen text layers' output on disk, run only the top
+    image_cache: bool = True  # decode resized copies instead of the full-size JPEGs
+    image_cache_size: int | None = None  # shorter side of the copies; None: from the backbone
+    group_by_length: bool = False  # batches of similar description lengths (less padding)
     generated: bool = False  # set when the data came from `make-sample`
     image_check: str = "decode"  # before training: decode | header | exists (fastest)
     skip_bad_images: bool = False  # leave unreadable paintings out instead of stopping
@@ -62,6 +68,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it) | no | fp16 | bf16
+    compile: bool = False  # torch.compile the image backbone (slow first steps, faster after)
     out: str | None = None  # run folder; None: checkpoints/<backbone>-<modality>-<time>
 
 

@@ -209,9 +209,14 @@ def encode_labels(
 # --- images ------------------------------------------------------------------------------
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """A painting as upright RGB, whatever its mode and EXIF orientation."""
+def load_image(path: str | Path, draft: int | None = None) -> Image.Image:
+    """A painting as upright RGB, whatever its mode and EXIF orientation.
+
+    `draft`: a JPEG may be decoded at a reduced scale whose sides stay at least this long.
+    """
     with Image.open(path) as image:
+        if draft is not None:
+            image.draft("RGB", (draft, draft))
         image = ImageOps.exif_transpose(image)
         # Palette and alpha images go through RGBA so transparency is resolved, not garbled.
         if image.mode in ("P", "PA", "LA", "RGBA"):
@@ -250,13 +255,17 @@ class PaintingDataset(Dataset):
         images_dir: Path | None,
         transform=None,
         token_ids: list[list[int]] | None = None,
+        cached_text=None,
     ):
         # images_dir None: a text-only run; token_ids None: an image-only run.
+        # cached_text (a text_cache.CachedText): the frozen encoder's output per row, used
+        # instead of the token ids.
         self.image_files = frame["IMAGE_FILE"].tolist()
         self.targets = torch.as_tensor(targets)
         self.images_dir = images_dir
         self.transform = transform
         self.token_ids = token_ids
+        self.cached_text = cached_text
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -265,7 +274,9 @@ class PaintingDataset(Dataset):
         item = {"labels": self.targets[i], "index": i}
         if self.images_dir is not None:
             item["image"] = self.transform(load_image(self.images_dir / self.image_files[i]))
-        if self.token_ids is not None:
+        if self.cached_text is not None:
+            item[self.cached_text.item_key] = self.cached_text[i]
+        elif self.token_ids is not None:
             item["input_ids"] = torch.as_tensor(self.token_ids[i])
         return item
 
@@ -278,12 +289,16 @@ def collate(items: list[dict], pad_id: int = 0) -> dict:
     }
     if "image" in items[0]:
         batch["image"] = torch.stack([it["image"] for it in items])
-    if "input_ids" in items[0]:
-        ids = [it["input_ids"] for it in items]
-        batch["input_ids"] = torch.nn.utils.rnn.pad_sequence(
-            ids, batch_first=True, padding_value=pad_id
-        )
-        lengths = torch.as_tensor([len(x) for x in ids])
-        positions = torch.arange(batch["input_ids"].shape[1])
-        batch["attention_mask"] = (positions[None, :] < lengths[:, None]).long()
+    if "text_vector" in items[0]:
+        batch["text_vector"] = torch.stack([it["text_vector"] for it in items])  # (B, D)
+    # Token ids (B, L) or cached hidden states (B, L, D), with the mask of real tokens.
+    for key, padding in (("input_ids", pad_id), ("hidden", 0.0)):
+        if key in items[0]:
+            rows = [it[key] for it in items]
+            batch[key] = torch.nn.utils.rnn.pad_sequence(
+                rows, batch_first=True, padding_value=padding
+            )
+            lengths = torch.as_tensor([len(x) for x in rows])
+            positions = torch.arange(batch[key].shape[1])
+            batch["attention_mask"] = (positions[None, :] < lengths[:, None]).long()
     return batch

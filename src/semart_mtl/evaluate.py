@@ -163,9 +163,11 @@ def evaluate_split(
 ) -> dict:
     """Predict one split with `model`, write its report into the run folder, print a line."""
     from .model import count_parameters
-    from .pipeline import make_dataset, make_loader
+    from .pipeline import make_dataset, make_loader, open_text_cache
 
-    dataset, unseen = make_dataset(cfg, frame, images_dir, tokenizer, image_cfg, train=False)
+    model.to(accelerator.device)  # so a missing text cache entry is computed there
+    dataset, unseen = make_dataset(cfg, frame, images_dir, tokenizer, image_cfg, train=False,
+                                   text_cache=open_text_cache(cfg, model.text_encoder))
     pad_id = tokenizer.pad_token_id if tokenizer is not None else 0
     loader = make_loader(dataset, cfg, shuffle=False, pad_id=pad_id)
     prepared, loader = accelerator.prepare(model, loader)

@@ -30,6 +30,7 @@ class ImageEncoder(nn.Module):
         self.backbone = create_backbone(name, pretrained, weights, image_size)
         self.dim = self.backbone.num_features
         self.frozen_modules = freeze_groups(self.backbone, freeze)
+        self.channels_last = False
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -40,7 +41,14 @@ class ImageEncoder(nn.Module):
         return self
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
         return self.backbone(image)
+
+    def use_channels_last(self) -> None:
+        """NHWC weights and inputs: faster convolutions on GPU tensor cores."""
+        self.backbone.to(memory_format=torch.channels_last)
+        self.channels_last = True
 
 
 def create_backbone(
@@ -138,9 +146,18 @@ class FusionClassifier(nn.Module):
         if self.image_encoder is not None:
             parts.append(self.image_proj(self.image_encoder(batch["image"])))
         if self.text_encoder is not None:
-            text = self.text_encoder(batch["input_ids"], batch["attention_mask"])
-            parts.append(self.text_proj(text))
+            parts.append(self.text_proj(self.encode_text(batch)))
         return self.fusion(torch.cat(parts, dim=1))
+
+    def encode_text(self, batch: dict) -> torch.Tensor:
+        """(B, D_txt) description vectors from token ids or from the text cache's output."""
+        dtype = self.text_proj[1].weight.dtype  # the cache holds float16
+        if "text_vector" in batch:
+            return batch["text_vector"].to(dtype)
+        if "hidden" in batch:
+            # (B, L, D) frozen hidden states -> trainable top layers -> (B, D)
+            return self.text_encoder.top(batch["hidden"].to(dtype), batch["attention_mask"])
+        return self.text_encoder(batch["input_ids"], batch["attention_mask"])
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         features = self.forward_features(batch)

@@ -174,9 +174,18 @@ class TextEncoder(nn.Module):
     @torch.no_grad()
     def frozen_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L) -> (B, L, D): hidden states entering the first trainable layer."""
-        out = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
-        )
+        # The whole backbone runs here, the top layers too, their output unused. In eval mode
+        # they draw no dropout masks, so a run draws the same random numbers whether the
+        # frozen output comes from here or from the text cache.
+        modes = [layer.training for layer in self.top_layers()]
+        self.top_layers().eval()
+        try:
+            out = self.backbone(
+                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
+            )
+        finally:
+            for layer, mode in zip(self.top_layers(), modes):
+                layer.train(mode)
         # hidden_states[0] are the embeddings, [k] the output of layer k.
         return out.hidden_states[len(self.layers) - self.trainable_layers]
 

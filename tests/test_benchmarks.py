@@ -1,0 +1,66 @@
+"""The speed benchmarks run end to end (their figures are read, never asserted on)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from semart_mtl.data import read_split
+
+from conftest import REAL_DIR, REPO, requires_real
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location(
+        "epoch_speed", REPO / "benchmarks" / "epoch_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_naive_batches_are_padded_to_the_maximum_length():
+    bench = load_benchmark()
+    items = [{"labels": torch.zeros(4, dtype=torch.long), "index": i,
+              "input_ids": torch.arange(1, n + 1)} for i, n in enumerate((3, 7))]
+    batch = bench.pad_to_max_length(items, pad_id=0, max_length=16)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, 16)
+    assert batch["attention_mask"].sum(1).tolist() == [3, 7]
+
+
+@requires_real
+def test_benchmark_rows_keep_real_descriptions_and_labels(tmp_path):
+    bench = load_benchmark()
+    n_real = sum(len(read_split(REAL_DIR / f"semart_{s}.csv")) for s in ("val", "test"))
+    frame = bench.real_rows(REAL_DIR, n_real + 5)
+    # Repeated rows get a marker, so caching them is real work.
+    assert frame["DESCRIPTION"].iloc[n_real:].str.endswith("(copy 1)").all()
+    bench.write_semart_csv(frame, tmp_path / "rows.csv")
+    again = read_split(tmp_path / "rows.csv")
+    for column in ("DESCRIPTION", "TYPE", "SCHOOL", "TIMEFRAME", "MEDIUM"):
+        assert again[column].tolist() == frame[column].tolist()
+
+
+@requires_real
+def test_gpu_check_small_runs_on_cpu(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    done = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--small", "--json", str(out),
+         "--work", str(tmp_path / "work"), "--real", str(REAL_DIR), "--device", "cpu"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    run = report["default"]
+    assert report["rows"] == 16 and len(run["epoch_seconds"]) == 2
+    assert run["seconds_per_epoch"] > 0 and run["bare_backbone"]["img_per_s"] > 0
+    assert run["text_cache_seconds"] > 0 and run["image_cache_seconds"] > 0
+    images = list((tmp_path / "work").glob("rows-16-*/Images/*.jpg"))
+    assert len(images) == 16
+    with Image.open(images[0]) as image:  # real size, as SemArt's JPEGs are
+        assert 900 <= min(image.size) <= 1100 and 1200 <= max(image.size) <= 1400
+    assert "seconds per epoch:" in done.stdout
