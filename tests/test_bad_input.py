@@ -281,7 +281,7 @@ def test_run_config_disagrees_with_checkpoint(trained_run: Path, tmp_path: Path)
         evaluate_run(run, "test", device="cpu")
     message = str(caught.value)
     assert "best.pt was trained on other school classes than config.json lists" in message
-    assert "differ in shape, e.g. ['image_proj.1.weight (64, 512) in best.pt, (32, 512)" in message
+    assert "differ in shape, e.g. ['image_proj.2.weight (64, 512) in best.pt, (32, 512)" in message
 
 
 def test_checkpoint_of_another_backbone(trained_run: Path, tmp_path: Path):

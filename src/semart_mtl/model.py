@@ -151,7 +151,7 @@ class FusionClassifier(nn.Module):
 
     def encode_text(self, batch: dict) -> torch.Tensor:
         """(B, D_txt) description vectors from token ids or from the text cache's output."""
-        dtype = self.text_proj[1].weight.dtype  # the cache holds float16
+        dtype = self.text_proj[-1].weight.dtype  # the cache holds float16
         if "text_vector" in batch:
             return batch["text_vector"].to(dtype)
         if "hidden" in batch:
