@@ -20,6 +20,7 @@ from .evaluate import (
     CHECKPOINT, all_metrics, evaluate_split, format_metrics, load_checkpoint, multitask_loss,
     predict,
 )
+from .memory import peak_memory_mb
 from .model import build_model, count_parameters
 from .pipeline import (
     TEXT_DIR, check_images, image_settings, make_accelerator, make_dataset, make_loader,
@@ -133,8 +134,8 @@ def train(cfg: RunConfig) -> Path:
         if improved:
             best = metrics["mean_accuracy"]
             _save_checkpoint(accelerator, model, run_dir, epoch, metrics)
-        history.append(_history_row(epoch, stats, val_loss, metrics,
-                                    scheduler.get_last_lr()[0]))
+        history.append(_history_row(epoch, stats, val_loss, metrics, scheduler.get_last_lr()[0])
+                       | {"peak_mem_mb": peak_memory_mb(accelerator.device)})
         if accelerator.is_main_process:
             _write_history(history, run_dir / "history.csv")
         log(f"epoch {epoch}/{cfg.train.epochs} loss {stats['loss']:.3f} val_loss {val_loss:.3f} | "
@@ -152,12 +153,16 @@ def train(cfg: RunConfig) -> Path:
     return run_dir
 
 
+def run_name(cfg: RunConfig) -> str:
+    """A new run's folder name: <backbone>-<modality>-<time>."""
+    return f"{cfg.model.backbone}-{cfg.model.modality}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
 def _run_dir(cfg: RunConfig, accelerator) -> Path:
     """The run folder, named on the main process so every process writes to the same one."""
     name = [cfg.train.out]
     if name[0] is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        name[0] = f"checkpoints/{cfg.model.backbone}-{cfg.model.modality}-{stamp}"
+        name[0] = f"checkpoints/{run_name(cfg)}"
     name = broadcast_object_list(name) if accelerator.num_processes > 1 else name
     cfg.train.out = name[0]
     run_dir = Path(name[0])
