@@ -16,7 +16,8 @@ NOTEBOOKS = REPO / "notebooks"
 # Three backbone notebooks first: the evaluation notebook reads the runs they write.
 TRAINING = {"resnet18": 64, "efficientnet_b0": 64, "vit_tiny": None}  # name -> image size
 EVALUATION = "test_evaluation"
-TINY_SAMPLE = {"train": 32, "val": 16, "test": 16}
+# Two steps per epoch, two epochs: enough for curves, little CPU on shared machines.
+TINY_SAMPLE = {"train": 24, "val": 8, "test": 8}
 
 
 def committed_notebooks() -> list[Path]:
@@ -50,7 +51,7 @@ def test_notebooks_run_end_to_end_on_the_sample(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [src, os.environ.get(
         "PYTHONPATH")])))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    tiny = {"data_dir": str(data), "out_root": str(runs), "epochs": 2, "batch_size": 16,
+    tiny = {"data_dir": str(data), "out_root": str(runs), "epochs": 2, "batch_size": 12,
             "text_model": "scratch", "pretrained": False, "device": "cpu", "num_workers": 0}
 
     seconds = {}

@@ -60,8 +60,9 @@ def fake_run(root, name: str, backbone: str, val_acc: list[float], seconds: floa
     return run_dir
 
 
-@pytest.fixture
-def runs_root(tmp_path):
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("runs")
     fake_run(tmp_path, "a/resnet18-old", "resnet18", [0.2, 0.4])
     fake_run(tmp_path, "a/resnet18-new", "resnet18", [0.5, 0.3], seconds=4.0)
     fake_run(tmp_path, "efficientnet_b0-1", "efficientnet_b0", [0.6], peak=False)
