@@ -143,9 +143,9 @@ def test_notebook_config_and_table(tmp_path):
     table = report.config_table(cfg)
     assert table.loc[("train", "epochs"), "value"] == "2"
     assert table.loc[("model", "pretrained"), "value"] == "False"
-    with pytest.raises(ValueError, match="224 px"):
-        report.notebook_config("vit_tiny_patch16_224", "d", "o", 1, 8, 64, "scratch", False,
-                               "cpu")
+    with pytest.raises(ValueError, match="modality"):
+        report.notebook_config("resnet18", "d", "o", 1, 8, 64, "scratch", False, "cpu",
+                               modality="sound")
 
 
 def test_peak_memory_on_cpu_is_the_resident_set():

@@ -46,23 +46,7 @@ def notebook_config(
     cfg.train.device = device
     cfg.train.out = str(Path(out_root) / run_name(cfg))
     cfg.validate()
-    _check_input_size(backbone, image_size)
     return cfg
-
-
-def _check_input_size(backbone: str, image_size: int | None) -> None:
-    # Stop before training rather than at timm's assertion in the first batch.
-    import timm
-
-    pretrained_cfg = timm.get_pretrained_cfg(backbone, allow_unregistered=True)
-    if image_size is None or pretrained_cfg is None or not pretrained_cfg.fixed_input_size:
-        return
-    native = pretrained_cfg.input_size[-1]
-    if image_size != native:
-        # NOTE: the model is built for its native size; other sizes would need timm's
-        # img_size / dynamic_img_size at model creation, which the package does not pass.
-        raise ValueError(f"{backbone} takes {native} px images only, got image_size "
-                         f"{image_size}; use None (its own size)")
 
 
 def config_table(cfg: RunConfig) -> pd.DataFrame:

@@ -53,7 +53,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, weights, e
         bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.perf_counter() - start
     means = {k: v / max(n_batches, 1) for k, v in totals.items()}
-    return means | {"seconds": seconds, "img_per_s": n_images / seconds}
+    return means | {"seconds": seconds, "img_per_s": n_images / seconds,
+                    "peak_mem_mb": peak_memory_mb(accelerator.device)}
 
 
 def train(cfg: RunConfig) -> Path:
@@ -134,8 +135,8 @@ def train(cfg: RunConfig) -> Path:
         if improved:
             best = metrics["mean_accuracy"]
             _save_checkpoint(accelerator, model, run_dir, epoch, metrics)
-        history.append(_history_row(epoch, stats, val_loss, metrics, scheduler.get_last_lr()[0])
-                       | {"peak_mem_mb": peak_memory_mb(accelerator.device)})
+        history.append(_history_row(epoch, stats, val_loss, metrics,
+                                    scheduler.get_last_lr()[0]))
         if accelerator.is_main_process:
             _write_history(history, run_dir / "history.csv")
         log(f"epoch {epoch}/{cfg.train.epochs} loss {stats['loss']:.3f} val_loss {val_loss:.3f} | "
@@ -151,11 +152,6 @@ def train(cfg: RunConfig) -> Path:
                        splits.images_dir, image_cfg, accelerator, epoch)
     accelerator.end_training()
     return run_dir
-
-
-def run_name(cfg: RunConfig) -> str:
-    """A new run's folder name: <backbone>-<modality>-<time>."""
-    return f"{cfg.model.backbone}-{cfg.model.modality}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def _run_dir(cfg: RunConfig, accelerator) -> Path:
@@ -199,8 +195,13 @@ def _history_row(epoch: int, stats: dict, val_loss: float, metrics: dict, lr: fl
         row[f"val_acc_{task}"] = m["accuracy"]
         row[f"val_f1_{task}"] = m["macro_f1"]
     row |= {"val_mean_acc": metrics["mean_accuracy"], "seconds": stats["seconds"],
-            "img_per_s": stats["img_per_s"], "lr": lr}
+            "img_per_s": stats["img_per_s"], "lr": lr, "peak_mem_mb": stats["peak_mem_mb"]}
     return row
+
+
+def run_name(cfg: RunConfig) -> str:
+    """A new run's folder name: <backbone>-<modality>-<time>."""
+    return f"{cfg.model.backbone}-{cfg.model.modality}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def _write_history(history: list[dict], path: Path) -> None:
