@@ -53,8 +53,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, weights, e
         bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.perf_counter() - start
     means = {k: v / max(n_batches, 1) for k, v in totals.items()}
-    return means | {"seconds": seconds, "img_per_s": n_images / seconds,
-                    "peak_mem_mb": peak_memory_mb(accelerator.device)}
+    return means | {"seconds": seconds, "img_per_s": n_images / seconds}
 
 
 def train(cfg: RunConfig) -> Path:
@@ -131,6 +130,7 @@ def train(cfg: RunConfig) -> Path:
                                 cfg.train.task_weights, epoch)
         predicted, target, val_loss = predict(model, val_loader, accelerator)
         metrics = all_metrics(predicted, target, cfg.labels)
+        stats["peak_mem_mb"] = peak_memory_mb(accelerator.device)  # after training and validation
         improved = metrics["mean_accuracy"] > best
         if improved:
             best = metrics["mean_accuracy"]
