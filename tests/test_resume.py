@@ -17,7 +17,7 @@ from semart_mtl import checkpoint
 from semart_mtl.cli import main
 from semart_mtl.sample import make_sample
 
-TIMING = ("seconds", "img_per_s")
+TIMING = ("seconds", "img_per_s", "peak_mem_mb")  # measurements, not results
 
 
 @pytest.fixture(scope="module")

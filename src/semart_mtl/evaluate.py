@@ -12,7 +12,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from tqdm.auto import tqdm
 
 from .config import TASKS
-from .data import IGNORE_INDEX
+from .data import IGNORE_INDEX, TASK_COLUMNS
 
 
 @torch.no_grad()
@@ -130,6 +130,20 @@ def write_report(
     return metrics
 
 
+def prediction_frame(
+    frame: pd.DataFrame, predicted: np.ndarray, labels: dict[str, list[str]]
+) -> pd.DataFrame:
+    """One row per painting: IMAGE_FILE, then the true and predicted label of every task."""
+    if len(frame) != len(predicted):
+        raise ValueError(f"{len(predicted)} predictions for a split of {len(frame)} paintings")
+    out = {"IMAGE_FILE": frame["IMAGE_FILE"].to_numpy()}
+    for t, task in enumerate(TASKS):
+        # The true label comes from the CSV, so labels unseen in training stay visible.
+        out[f"true_{task}"] = frame[TASK_COLUMNS[task]].to_numpy()
+        out[f"pred_{task}"] = np.asarray(labels[task], dtype=object)[predicted[:, t]]
+    return pd.DataFrame(out)
+
+
 def format_metrics(metrics: dict) -> str:
     """One line: accuracy and macro F1 per task."""
     parts = [f"{task} acc {m['accuracy']:.3f} F1 {m['macro_f1']:.3f}"
@@ -182,6 +196,8 @@ def evaluate_split(
     metrics = extra
     if accelerator.is_main_process:
         metrics = write_report(Path(run_dir), split, predicted, target, cfg.labels, extra)
+        prediction_frame(frame, predicted, cfg.labels).to_csv(
+            Path(run_dir) / f"predictions_{split}.csv", index=False)
         note = " [generated sample, not SemArt]" if cfg.data.generated else ""
         accelerator.print(f"{split} (best epoch {epoch}): {format_metrics(metrics)} | "
                           f"mean acc {metrics['mean_accuracy']:.3f}{note}")

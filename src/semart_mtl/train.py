@@ -26,6 +26,7 @@ from .evaluate import (
     CHECKPOINT, all_metrics, evaluate_split, format_metrics, load_checkpoint, multitask_loss,
     predict,
 )
+from .memory import peak_memory_mb
 from .model import build_model, count_parameters
 from .pipeline import (
     TEXT_DIR, image_settings, make_accelerator, make_dataset, make_loader,
@@ -193,6 +194,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
             raise NonFiniteLoss(f"{err}. Run stopped; last good checkpoint: {last}.") from None
         predicted, target, val_loss = predict(model, val_loader, accelerator)
         metrics = all_metrics(predicted, target, cfg.labels)
+        stats["peak_mem_mb"] = peak_memory_mb(accelerator.device)  # after training and validation
         improved = metrics["mean_accuracy"] > best
         if improved:
             best = metrics["mean_accuracy"]
@@ -223,8 +225,7 @@ def _run_dir(cfg: RunConfig, accelerator, resume: bool = False) -> Path:
     """The run folder, named on the main process so every process writes to the same one."""
     name = [cfg.train.out]
     if name[0] is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        name[0] = f"checkpoints/{cfg.model.backbone}-{cfg.model.modality}-{stamp}"
+        name[0] = f"checkpoints/{run_name(cfg)}"
     name = broadcast_object_list(name) if accelerator.num_processes > 1 else name
     cfg.train.out = name[0]
     run_dir = Path(name[0])
@@ -303,8 +304,13 @@ def _history_row(epoch: int, stats: dict, val_loss: float, metrics: dict, lr: fl
         row[f"val_acc_{task}"] = m["accuracy"]
         row[f"val_f1_{task}"] = m["macro_f1"]
     row |= {"val_mean_acc": metrics["mean_accuracy"], "seconds": stats["seconds"],
-            "img_per_s": stats["img_per_s"], "lr": lr}
+            "img_per_s": stats["img_per_s"], "lr": lr, "peak_mem_mb": stats["peak_mem_mb"]}
     return row
+
+
+def run_name(cfg: RunConfig) -> str:
+    """A new run's folder name: <backbone>-<modality>-<time>."""
+    return f"{cfg.model.backbone}-{cfg.model.modality}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def _write_history(history: list[dict], path: Path) -> None:
