@@ -105,3 +105,30 @@ def test_split_text_encoder_matches_the_whole_model(text_dir, trainable_layers):
     weights = mask.unsqueeze(-1).float()
     expected = (full * weights).sum(1) / weights.sum(1)
     torch.testing.assert_close(encoder(ids, mask), expected)
+
+
+def test_image_weights_file_loads_into_the_backbone(tmp_path):
+    import timm
+
+    source = timm.create_model("resnet18", pretrained=False)  # with its classifier, as saved
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    encoder = ImageEncoder("resnet18", pretrained=True, freeze=0.5,
+                           weights=str(tmp_path / "resnet18.pth"))
+    torch.testing.assert_close(encoder.backbone.conv1.weight, source.conv1.weight)
+
+
+def test_image_weights_of_another_architecture_are_refused(tmp_path):
+    import timm
+
+    from semart_mtl.text import WeightsUnavailable
+
+    other = timm.create_model("efficientnet_b0", pretrained=False, num_classes=0)
+    torch.save(other.state_dict(), tmp_path / "effnet.pth")
+    with pytest.raises(WeightsUnavailable, match="effnet.pth: does not fit timm's 'resnet18'"):
+        ImageEncoder("resnet18", pretrained=True, freeze=0.5, weights=str(tmp_path / "effnet.pth"))
+    # Keys of another library: nothing fits, nothing may pass for pretrained.
+    renamed = {f"_{key}": value for key, value in other.state_dict().items()}
+    torch.save(renamed, tmp_path / "renamed.pth")
+    with pytest.raises(WeightsUnavailable, match="renamed.pth: holds no weights for"):
+        ImageEncoder("efficientnet_b0", pretrained=True, freeze=0.5,
+                     weights=str(tmp_path / "renamed.pth"))

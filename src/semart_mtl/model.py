@@ -65,7 +65,17 @@ def create_backbone(
             raise FileNotFoundError(f"--image-weights {weights}: no such file")
         # timm loads a local file through the pretrained path, dropping classifier weights.
         overlay = {"file": str(weights)}
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        try:
+            model = timm.create_model(
+                name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
+            )
+        except RuntimeError as err:  # tensors of the wrong shape
+            first = str(err).strip().splitlines()[:3]
+            raise WeightsUnavailable(
+                f"--image-weights {weights}: does not fit timm's {name!r}: {' '.join(first)}"
+            ) from err
+        check_weights_file(model, name, weights)
+        return model
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError) as err:
@@ -76,6 +86,23 @@ def create_backbone(
             "reached and they are not in the local cache. Pass --image-weights FILE (a timm "
             "checkpoint) or --no-pretrained (random initialisation)."
         ) from err
+
+
+def check_weights_file(model: nn.Module, name: str, weights: str) -> None:
+    """Refuse a file that did not fill the backbone.
+
+    timm loads pretrained files non-strictly and only logs the keys it could not place, so a
+    checkpoint of another architecture, or with another library's parameter names, would
+    otherwise leave a randomly initialised backbone that looks pretrained.
+    """
+    stored = timm.models.load_state_dict(weights)
+    missing = [key for key in model.state_dict() if key not in stored]
+    if missing:
+        raise WeightsUnavailable(
+            f"--image-weights {weights}: holds no weights for {len(missing)} of the "
+            f"{len(model.state_dict())} tensors of timm's {name!r} (e.g. {missing[:3]}); its "
+            f"keys look like {list(stored)[:3]}. Use a timm checkpoint of this architecture."
+        )
 
 
 def freeze_groups(backbone: nn.Module, fraction: float) -> list[nn.Module]:
