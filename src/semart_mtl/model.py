@@ -182,7 +182,7 @@ def build_model(
     if cfg.modality in ("text", "fusion"):
         source = text_source or cfg.text_model
         backbone = load_text_backbone(source, pretrained and source == cfg.text_model)
-        text_encoder = TextEncoder(backbone, cfg.text_trainable_layers)
+        text_encoder = TextEncoder(backbone, cfg.text_trainable_layers, cfg.text_chunk_rows)
     n_classes = {task: len(labels[task]) for task in TASKS}
     return FusionClassifier(n_classes, image_encoder, text_encoder, cfg.fusion_dim, cfg.dropout)
 
