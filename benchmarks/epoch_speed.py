@@ -7,7 +7,7 @@ naive:   the whole text encoder runs every step, descriptions are padded to the 
 default: the frozen text layers' output comes from the text cache (only the trainable top
          runs, on length-sorted chunks of --text-chunk-rows rows each cut to its own longest
          description), batches are padded to their own longest description, and images are
-         read from resized copies; channels-last and a compiled backbone where configured.
+         read from resized copies; the backbone runs channels-last (compiled with --compile).
 grouped: default plus --group-by-length (an option, off by default: it changes which rows
          share a batch).
 

@@ -46,7 +46,7 @@ class ImageEncoder(nn.Module):
         return self.backbone(image)
 
     def use_channels_last(self) -> None:
-        """NHWC weights and inputs: faster convolutions on GPU tensor cores."""
+        """NHWC weights and inputs: faster convolutions on GPU tensor cores and on CPU."""
         self.backbone.to(memory_format=torch.channels_last)
         self.channels_last = True
 
