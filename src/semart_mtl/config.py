@@ -51,6 +51,10 @@ class ModelConfig:
     image_weights: str | None = None  # local timm checkpoint for offline machines
     freeze: float = 0.5  # fraction of the backbone's groups, stem first, kept frozen
     text_trainable_layers: int = 1  # transformer layers fine-tuned, counted from the top
+    # The trainable layers run on length-sorted chunks of this many rows, each cut to its own
+    # longest description (0: the whole batch at once). Same output, less padding: on CPU
+    # about 2x faster than the whole batch; on a GPU a few more, smaller kernels per step.
+    text_chunk_rows: int = 8
     dropout: float = 0.3
     fusion_dim: int = 512
 
@@ -121,6 +125,9 @@ class RunConfig:
             raise ValueError(f"task_weights names unknown tasks {sorted(unknown)}; tasks: {TASKS}")
         if not all(0.0 <= w < float("inf") for w in self.train.task_weights.values()):
             raise ValueError(f"task weights must be finite and >= 0: {self.train.task_weights}")
+        if self.model.text_chunk_rows < 0:
+            raise ValueError(f"text_chunk_rows must be >= 0 (0: the whole batch), "
+                             f"got {self.model.text_chunk_rows}")
         for name in ("epochs", "batch_size"):
             if getattr(self.train, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -46,7 +46,7 @@ class ImageEncoder(nn.Module):
         return self.backbone(image)
 
     def use_channels_last(self) -> None:
-        """NHWC weights and inputs: faster convolutions on GPU tensor cores."""
+        """NHWC weights and inputs: faster convolutions on GPU tensor cores and on CPU."""
         self.backbone.to(memory_format=torch.channels_last)
         self.channels_last = True
 
@@ -209,7 +209,7 @@ def build_model(
     if cfg.modality in ("text", "fusion"):
         source = text_source or cfg.text_model
         backbone = load_text_backbone(source, pretrained and source == cfg.text_model)
-        text_encoder = TextEncoder(backbone, cfg.text_trainable_layers)
+        text_encoder = TextEncoder(backbone, cfg.text_trainable_layers, cfg.text_chunk_rows)
     n_classes = {task: len(labels[task]) for task in TASKS}
     return FusionClassifier(n_classes, image_encoder, text_encoder, cfg.fusion_dim, cfg.dropout)
 
