@@ -132,3 +132,13 @@ def test_image_weights_of_another_architecture_are_refused(tmp_path):
     with pytest.raises(WeightsUnavailable, match="renamed.pth: holds no weights for"):
         ImageEncoder("efficientnet_b0", pretrained=True, freeze=0.5,
                      weights=str(tmp_path / "renamed.pth"))
+
+
+@pytest.mark.parametrize("content", [b"", b"hello", bytes(range(256)) * 40])
+def test_a_weights_file_that_is_no_checkpoint_is_refused(tmp_path, content):
+    from semart_mtl.text import WeightsUnavailable
+
+    (tmp_path / "garbage.pth").write_bytes(content)
+    with pytest.raises(WeightsUnavailable, match="garbage.pth: not a PyTorch checkpoint"):
+        ImageEncoder("resnet18", pretrained=True, freeze=0.5,
+                     weights=str(tmp_path / "garbage.pth"))

@@ -141,3 +141,29 @@ def test_fusion_smoke_run_on_real_paintings(tmp_path):
     history = pd.read_csv(run / "history.csv")
     assert len(history) == 1 and history["train_loss"].notna().all()
     assert json.loads((run / "config.json").read_text())["data"]["generated"] is False
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--epochs", "0"], "epochs must be at least 1"),
+    (["--batch-size", "-1"], "batch size must be at least 1"),
+    (["--freeze", "2"], "freeze is a fraction in [0, 1]"),
+    (["--dropout", "1.5"], "dropout must lie in [0, 1)"),
+    (["--image-size", "0"], "image size must be at least 16"),
+    (["--backbone", "not_a_model"], "'not_a_model' is not a timm model name"),
+])
+def test_bad_settings_end_in_one_message(sample_dir, tmp_path, options, message):
+    result = _cli("train", "--data", str(sample_dir), "--out", str(tmp_path / "run"),
+                  "--no-pretrained", "--text-model", "scratch", "--device", "cpu", *options)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_run_evaluates_from_any_folder(sample_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(sample_dir.parent)
+    cfg = tiny_config(sample_dir.relative_to(sample_dir.parent), tmp_path / "run",
+                      modality="text")
+    run = train(cfg)
+    assert json.loads((run / "config.json").read_text())["data"]["data_dir"] == str(sample_dir)
+    monkeypatch.chdir(tmp_path)
+    assert evaluate_run(run, "test", device="cpu")["split"] == "test"

@@ -240,14 +240,14 @@ class DataReport:
     notes: list[str] = field(default_factory=list)
     images_dir: Path | None = None
 
-    def raise_if_problems(self, skip_bad_images: bool) -> None:
+    def raise_if_problems(self, skip_bad_images: bool, skipping_allowed: bool = True) -> None:
         """One error listing every problem; bad images count only without skipping."""
         problems = list(self.problems)
         if not skip_bad_images:
             problems += [bad.problem(self.images_dir) for bad in self.bad_images]
         if problems:
             hint = "Fix these rows and files, then run again."
-            if self.bad_images and not skip_bad_images:
+            if self.bad_images and not skip_bad_images and skipping_allowed:
                 hint += (f" Or pass --skip-bad-images to leave the {len(self.bad_images)} "
                          "unreadable painting(s) out, listed in the run folder's "
                          f"{SKIPPED_IMAGES}.")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import BACKBONES, MODALITIES, SCRATCH_TEXT_MODEL, TASKS, RunConfig
+from .config import BACKBONES, MODALITIES, SCRATCH_TEXT_MODEL, TASKS, ConfigError, RunConfig
 
 SAMPLE_DIR = Path("data/sample")
 # The quick start (train without --data) must run offline in minutes on a CPU.
@@ -122,7 +122,7 @@ def resume_config(args: argparse.Namespace) -> RunConfig:
     given = sorted(k for k, v in vars(args).items()
                    if v is not None and k not in ("command", "resume", "device", "num_workers"))
     if given:
-        raise SystemExit(f"--resume takes the run's settings from {args.resume}/config.json; "
+        raise ConfigError(f"--resume takes the run's settings from {args.resume}/config.json; "
                          f"drop {', '.join('--' + k.replace('_', '-') for k in given)}")
     cfg = load_run_config(args.resume, needs=(LAST,))
     cfg.train.out = str(args.resume)
@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (DataError, RunFolderError, NonFiniteLoss, WeightsUnavailable, FileExistsError,
-            FileNotFoundError) as err:
+    except (ConfigError, DataError, RunFolderError, NonFiniteLoss, WeightsUnavailable,
+            FileExistsError, FileNotFoundError) as err:
         print(f"semart-mtl {args.command}: error: {err}", file=sys.stderr)
         return 2
 

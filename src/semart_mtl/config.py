@@ -111,26 +111,57 @@ class RunConfig:
 
     def validate(self) -> None:
         """Reject settings that would only fail later, deep inside a run."""
-        if self.model.modality not in MODALITIES:
-            raise ValueError(f"modality must be one of {MODALITIES}, got {self.model.modality!r}")
-        if self.data.image_check not in ("decode", "header", "exists"):
-            raise ValueError(f"image_check must be decode, header or exists, "
-                             f"got {self.data.image_check!r}")
-        if not 0.0 <= self.model.freeze <= 1.0:
-            raise ValueError(f"freeze is a fraction in [0, 1], got {self.model.freeze}")
-        if not 0.0 < self.data.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie in (0, 1), got {self.data.val_fraction}")
-        unknown = set(self.train.task_weights) - set(TASKS)
-        if unknown:
-            raise ValueError(f"task_weights names unknown tasks {sorted(unknown)}; tasks: {TASKS}")
-        if not all(0.0 <= w < float("inf") for w in self.train.task_weights.values()):
-            raise ValueError(f"task weights must be finite and >= 0: {self.train.task_weights}")
-        if self.model.text_chunk_rows < 0:
-            raise ValueError(f"text_chunk_rows must be >= 0 (0: the whole batch), "
-                             f"got {self.model.text_chunk_rows}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self.train, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+        problems = []
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                problems.append(message)
+
+        data, model, train = self.data, self.model, self.train
+        need(model.modality in MODALITIES, f"modality must be one of {MODALITIES}, "
+                                           f"got {model.modality!r}")
+        need(data.image_check in ("decode", "header", "exists"),
+             f"image_check must be decode, header or exists, got {data.image_check!r}")
+        need(data.image_size is None or data.image_size >= 16,
+             f"image size must be at least 16 pixels, got {data.image_size}")
+        need(data.max_length >= 2, f"max length must be at least 2 tokens, got {data.max_length}")
+        need(0.0 < data.val_fraction < 1.0, f"val fraction must lie in (0, 1), "
+                                            f"got {data.val_fraction}")
+        need(0.0 <= model.freeze <= 1.0, f"freeze is a fraction in [0, 1], got {model.freeze}")
+        need(0.0 <= model.dropout < 1.0, f"dropout must lie in [0, 1), got {model.dropout}")
+        need(model.fusion_dim >= 1, f"fusion dim must be at least 1, got {model.fusion_dim}")
+        need(model.text_trainable_layers >= 0,
+             f"text trainable layers must be >= 0, got {model.text_trainable_layers}")
+        need(model.text_chunk_rows >= 0, f"text chunk rows must be >= 0 (0: the whole batch), "
+                                         f"got {model.text_chunk_rows}")
+        if model.modality != "text":
+            import timm
+
+            need(timm.is_model(model.backbone), f"{model.backbone!r} is not a timm model name "
+                                                "(see timm.list_models())")
+        unknown = set(train.task_weights) - set(TASKS)
+        need(not unknown, f"task weights name unknown tasks {sorted(unknown)}; tasks: {TASKS}")
+        need(all(0.0 <= w < float("inf") for w in train.task_weights.values()),
+             f"task weights must be finite and >= 0: {train.task_weights}")
+        need(train.epochs >= 1, f"epochs must be at least 1, got {train.epochs}")
+        need(train.batch_size >= 1, f"batch size must be at least 1, got {train.batch_size}")
+        need(train.lr > 0, f"learning rate must be positive, got {train.lr}")
+        need(train.weight_decay >= 0, f"weight decay must be >= 0, got {train.weight_decay}")
+        need(0.0 <= train.warmup_fraction < 1.0,
+             f"warm-up fraction must lie in [0, 1), got {train.warmup_fraction}")
+        if problems:
+            raise ConfigError("invalid settings: " + "; ".join(problems))
+
+    def absolute_paths(self) -> None:
+        """Make the data paths absolute, so the saved run works from any folder."""
+        for name in ("data_dir", "train_csv", "val_csv", "test_csv", "images_dir"):
+            value = getattr(self.data, name)
+            if value is not None:
+                setattr(self.data, name, str(Path(value).resolve()))
+
+
+class ConfigError(ValueError):
+    """Settings that cannot make a run; the message lists every one."""
 
 
 def _build(kind, raw: dict):

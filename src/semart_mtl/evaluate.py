@@ -237,7 +237,7 @@ def evaluate_run(
 
     # NOTE: evaluation never skips paintings: its figures must cover the whole split.
     check_data(cfg.data, needs_images(cfg), needs_text(cfg), image_splits=(split,)) \
-        .raise_if_problems(skip_bad_images=False)
+        .raise_if_problems(skip_bad_images=False, skipping_allowed=False)
     splits = load_splits(cfg.data, cfg.train.seed)
     frame = {"test": splits.test, "val": splits.val}[split]
     if frame is None:

@@ -63,6 +63,13 @@ def create_backbone(
     if weights is not None:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"--image-weights {weights}: no such file")
+        try:
+            stored = timm.models.load_state_dict(weights)
+        except Exception as err:  # torch raises many kinds for a file that is no checkpoint
+            raise WeightsUnavailable(
+                f"--image-weights {weights}: not a PyTorch checkpoint that can be read safely "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
+            ) from err
         # timm loads a local file through the pretrained path, dropping classifier weights.
         overlay = {"file": str(weights)}
         try:
@@ -74,7 +81,7 @@ def create_backbone(
             raise WeightsUnavailable(
                 f"--image-weights {weights}: does not fit timm's {name!r}: {' '.join(first)}"
             ) from err
-        check_weights_file(model, name, weights)
+        check_weights_file(model, name, weights, stored)
         return model
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
@@ -88,14 +95,13 @@ def create_backbone(
         ) from err
 
 
-def check_weights_file(model: nn.Module, name: str, weights: str) -> None:
+def check_weights_file(model: nn.Module, name: str, weights: str, stored: dict) -> None:
     """Refuse a file that did not fill the backbone.
 
     timm loads pretrained files non-strictly and only logs the keys it could not place, so a
     checkpoint of another architecture, or with another library's parameter names, would
     otherwise leave a randomly initialised backbone that looks pretrained.
     """
-    stored = timm.models.load_state_dict(weights)
     missing = [key for key in model.state_dict() if key not in stored]
     if missing:
         raise WeightsUnavailable(

@@ -59,6 +59,10 @@ def load_text_backbone(name_or_path: str, pretrained: bool) -> nn.Module:
 
 
 def _offline_message(what: str, name: str) -> str:
+    if Path(name).is_dir():
+        return (f"cannot load the {what} {name!r}: the folder holds no encoder and tokenizer "
+                "that transformers can read (save them with save_pretrained), or pass "
+                "--text-model scratch.")
     return (
         f"cannot load the {what} {name!r}: it is neither a local folder nor in the Hugging Face "
         "cache, and the hub cannot be reached (no network, or HF_HUB_OFFLINE=1). Without "

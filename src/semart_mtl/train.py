@@ -92,6 +92,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     `resume`: continue the run in `cfg.train.out` after the last epoch its last.pt holds.
     """
     cfg.validate()
+    cfg.absolute_paths()
     accelerator = make_accelerator(cfg.train)
     set_seed(cfg.train.seed)
     log = accelerator.print
