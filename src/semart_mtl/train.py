@@ -102,6 +102,10 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     report = check_data(cfg.data, needs_images(cfg), needs_text(cfg),
                         progress=accelerator.is_local_main_process)
     report.raise_if_problems(cfg.data.skip_bad_images)
+    # Made only now, so data that stops the run leaves no empty run folder behind.
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
     splits = load_splits(cfg.data, cfg.train.seed)
     if report.bad_images:
         splits.train, splits.val = (drop_bad_images(f, report.bad_images)
@@ -223,7 +227,10 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
 
 
 def _run_dir(cfg: RunConfig, accelerator, resume: bool = False) -> Path:
-    """The run folder, named on the main process so every process writes to the same one."""
+    """The run folder's path, named on the main process so every process writes to the same one.
+
+    Nothing is created here: a run that already lives there is refused before any work.
+    """
     name = [cfg.train.out]
     if name[0] is None:
         name[0] = f"checkpoints/{run_name(cfg)}"
@@ -238,7 +245,6 @@ def _run_dir(cfg: RunConfig, accelerator, resume: bool = False) -> Path:
         if (run_dir / CHECKPOINT).exists() or (run_dir / checkpoint.LAST).exists():
             raise FileExistsError(f"{run_dir} already holds a run; choose another --out, or "
                                   f"continue it with --resume {run_dir}")
-        run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     return run_dir
 
