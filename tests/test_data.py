@@ -36,7 +36,8 @@ def test_real_entities_are_decoded():
     assert with_entity.sum() > 20  # about 5% of rows carry entities
     clean = read_split(REAL_DIR / "semart_val.csv")
     row = with_entity.idxmax()
-    assert clean.loc[row, "DESCRIPTION"] == " ".join(html.unescape(raw.loc[row, "DESCRIPTION"]).split())
+    expected = " ".join(html.unescape(raw.loc[row, "DESCRIPTION"]).split())
+    assert clean.loc[row, "DESCRIPTION"] == expected
 
 
 @requires_real

@@ -115,7 +115,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         if accelerator.is_main_process:
             write_skipped(report.bad_images, run_dir / SKIPPED_IMAGES)
         warnings.warn(f"--skip-bad-images: {len(report.bad_images)} unreadable painting(s) left "
-                      f"out of every split, listed in {run_dir / SKIPPED_IMAGES}")
+                      f"out of every split, listed in {run_dir / SKIPPED_IMAGES}", stacklevel=2)
     cfg.data.generated = is_generated(cfg.data)
     labels = fit_labels(splits.train)
     if resume and labels != cfg.labels:
@@ -123,7 +123,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
                                        "the data changed since the run began"])
     cfg.labels = labels
     if cfg.data.generated:
-        warnings.warn("training on the generated sample: its figures say nothing about SemArt")
+        warnings.warn("training on the generated sample: its figures say nothing about SemArt",
+                      stacklevel=2)
 
     # --- model ---
     settle_hub_access(cfg)
@@ -170,7 +171,9 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
 
     n_params, n_trainable = count_parameters(model)
     log(f"run {run_dir}")
-    log(f"data {'GENERATED SAMPLE (not SemArt)' if cfg.data.generated else splits.images_dir.parent}"
+    source_name = "GENERATED SAMPLE (not SemArt)" if cfg.data.generated \
+        else splits.images_dir.parent
+    log(f"data {source_name}"
         f" | train {len(train_set)} | val {len(val_set)}"
         f"{' (carved from train)' if splits.val_carved else ''}"
         f" | test {len(splits.test) if splits.test is not None else 'none'}")
