@@ -90,7 +90,7 @@ def test_chunk_rows_setting_reaches_the_encoder_and_bad_values_are_refused(tmp_p
     labels = {task: ["a", "b"] for task in TASKS}
     assert build_model(cfg.model, labels, pretrained=False).text_encoder.chunk_rows == 3
     cfg.model.text_chunk_rows = -1
-    with pytest.raises(ValueError, match="text_chunk_rows"):
+    with pytest.raises(ValueError, match="text chunk rows must be >= 0"):
         cfg.validate()
     with pytest.raises(ValueError, match="chunk_rows"):
         TextEncoder(AutoModel.from_config(SHAPES["bert"]), 1, chunk_rows=-1)
