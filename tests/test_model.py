@@ -142,3 +142,16 @@ def test_a_weights_file_that_is_no_checkpoint_is_refused(tmp_path, content):
     with pytest.raises(WeightsUnavailable, match="garbage.pth: not a PyTorch checkpoint"):
         ImageEncoder("resnet18", pretrained=True, freeze=0.5,
                      weights=str(tmp_path / "garbage.pth"))
+
+
+def test_a_text_model_saved_in_half_precision_loads_in_float32(text_dir, tmp_path):
+    half = load_text_backbone(str(text_dir), pretrained=False).to(torch.bfloat16)
+    half.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(text_dir).save_pretrained(tmp_path)
+    cfg = ModelConfig(modality="text", text_model=str(tmp_path), fusion_dim=16)
+    model = build_model(cfg, LABELS)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    logits = model(_batch(text_dir))
+    assert torch.isfinite(logits["type"]).all()

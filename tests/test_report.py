@@ -36,12 +36,13 @@ PREDICTED = np.array([[0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 1],
 
 
 def fake_run(root, name: str, backbone: str, val_acc: list[float], seconds: float = 2.0,
-             modality: str = "fusion", peak: bool = True):
+             modality: str = "fusion", peak: bool = True, generated: bool = False):
     """A run folder as train writes it, with chosen history and test predictions."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
     cfg = RunConfig(labels=LABELS)
     cfg.model.backbone, cfg.model.modality = backbone, modality
+    cfg.data.generated = generated
     cfg.save(run_dir / "config.json")
     history = pd.DataFrame({
         "epoch": range(1, len(val_acc) + 1), "train_loss": 2.0, "val_loss": 2.5,
@@ -86,6 +87,18 @@ def test_find_runs_and_best_per_backbone(runs_root):
         report.best_runs(runs, backbones=["resnet18", "vit_tiny_patch16_224"])
     with pytest.raises(FileNotFoundError, match="no such folder"):
         report.find_runs(runs_root / "absent")
+
+
+def test_a_generated_run_never_stands_beside_real_ones(tmp_path):
+    fake_run(tmp_path, "real", "resnet18", [0.4])
+    fake_run(tmp_path, "sample", "resnet18", [0.99], generated=True)
+    fake_run(tmp_path, "sample-vit", "vit_tiny_patch16_224", [0.99], generated=True)
+    best = report.best_runs(report.find_runs(tmp_path))
+    assert list(best.index) == ["resnet18"] and best.loc["resnet18", "run_dir"].endswith("real")
+    # Runs on the sample alone are still compared (the notebooks' CI run).
+    only_sample = report.find_runs(tmp_path)
+    only_sample = only_sample[only_sample["generated_data"]]
+    assert list(report.best_runs(only_sample).index) == ["resnet18", "vit_tiny_patch16_224"]
 
 
 def test_comparison_table(runs_root):

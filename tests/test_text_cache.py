@@ -14,7 +14,7 @@ from semart_mtl.model import FusionClassifier
 from semart_mtl.text import (
     TextEncoder, build_scratch_text_model, load_text_backbone, load_tokenizer,
 )
-from semart_mtl.text_cache import HiddenStore, TextCache, file_lock
+from semart_mtl.text_cache import DATA_FILE, HiddenStore, TextCache, file_lock, store_key
 
 from conftest import REAL_DIR, requires_real
 
@@ -150,3 +150,23 @@ def test_real_descriptions_round_trip(text_folder, tmp_path):
     with torch.no_grad():
         assert_half_close(encoder.top(fast["hidden"].float(), fast["attention_mask"]),
                           encoder(plain["input_ids"], plain["attention_mask"]))
+
+
+def test_a_write_cut_short_does_not_shift_later_entries(tmp_path):
+    store = HiddenStore(tmp_path, dim=4)
+    first = np.arange(8, dtype=np.float16).reshape(2, 4)
+    store.append([(b"a" * 16, first)])
+    with open(tmp_path / DATA_FILE, "ab") as handle:  # a kill mid-row left 3 stray bytes
+        handle.write(b"xyz")
+    second = np.arange(8, 20, dtype=np.float16).reshape(3, 4)
+    store.append([(b"b" * 16, second)])
+    reopened = HiddenStore(tmp_path, dim=4)
+    np.testing.assert_array_equal(reopened.get(b"a" * 16), first)
+    np.testing.assert_array_equal(reopened.get(b"b" * 16), second)
+
+
+def test_where_the_model_was_loaded_from_does_not_change_the_key(text_folder, tmp_path):
+    encoder = TextEncoder(load_text_backbone(str(text_folder), pretrained=False), 1)
+    key = store_key(encoder, 32)
+    encoder.backbone.config._name_or_path = str(tmp_path / "run" / "text_encoder")
+    assert store_key(encoder, 32) == key

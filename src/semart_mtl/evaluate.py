@@ -16,14 +16,19 @@ from .data import IGNORE_INDEX, TASK_COLUMNS
 
 
 @torch.no_grad()
-def predict(model, loader, accelerator) -> tuple[np.ndarray, np.ndarray, float]:
-    """(N, T) predicted and true class indices over a loader, and the mean summed loss."""
+def predict(
+    model, loader, accelerator, weights: dict[str, float] | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(N, T) predicted and true class indices over a loader, and the mean weighted loss.
+
+    `weights`: the task weights of training, so validation and training loss compare.
+    """
     model.eval()
     predictions, targets, losses = [], [], []
     bar = tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process)
     for batch in bar:
         logits = model(batch)
-        loss, _ = multitask_loss(logits, batch["labels"])
+        loss, _ = multitask_loss(logits, batch["labels"], weights)
         predicted = torch.stack([logits[t].argmax(1) for t in TASKS], dim=1)  # (B, T)
         # gather_for_metrics drops the samples repeated to even out the last batch.
         predicted, labels = accelerator.gather_for_metrics((predicted, batch["labels"]))
@@ -213,7 +218,7 @@ def evaluate_run(
 ) -> dict:
     """Rebuild a run's model from its folder alone and evaluate its best checkpoint."""
     from .checks import check_data, load_run_config
-    from .data import load_splits
+    from .data import load_splits, split_paths
     from .model import build_model
     from .pipeline import TEXT_DIR, image_settings, make_accelerator, needs_images, needs_text
     from .text import load_tokenizer
@@ -236,7 +241,10 @@ def evaluate_run(
         image_cfg = image_settings(model.image_encoder.backbone, cfg.data.image_size)
 
     # NOTE: evaluation never skips paintings: its figures must cover the whole split.
-    check_data(cfg.data, needs_images(cfg), needs_text(cfg), image_splits=(split,)) \
+    # A validation part carved from the training rows has its paintings in the train CSV.
+    carved = split == "val" and split_paths(cfg.data)["val"] is None
+    check_data(cfg.data, needs_images(cfg), needs_text(cfg),
+               image_splits=("train",) if carved else (split,)) \
         .raise_if_problems(skip_bad_images=False, skipping_allowed=False)
     splits = load_splits(cfg.data, cfg.train.seed)
     frame = {"test": splits.test, "val": splits.val}[split]

@@ -183,9 +183,15 @@ def find_runs(root: str | Path) -> pd.DataFrame:
 def best_runs(
     runs: pd.DataFrame, backbones: list[str] | None = None, modality: str | None = "fusion"
 ) -> pd.DataFrame:
-    """Per backbone, the run with the highest best validation mean accuracy."""
+    """Per backbone, the run with the highest best validation mean accuracy.
+
+    Runs on the generated sample are left out whenever a run on real data exists: an easy
+    synthetic run must never stand for a backbone beside real ones.
+    """
     if modality is not None:
         runs = runs[runs["modality"] == modality]
+    if (~runs["generated_data"].astype(bool)).any():
+        runs = runs[~runs["generated_data"].astype(bool)]
     if backbones is not None:
         absent = [b for b in backbones if b not in set(runs["backbone"])]
         if absent:

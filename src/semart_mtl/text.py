@@ -52,7 +52,9 @@ def load_text_backbone(name_or_path: str, pretrained: bool) -> nn.Module:
     """An Auto encoder: pretrained weights, or random ones on the model's own config."""
     try:
         if pretrained:
-            return AutoModel.from_pretrained(name_or_path)
+            # float32 whatever the saved dtype: the heads are float32, and autocast decides
+            # what runs in half precision on a GPU.
+            return AutoModel.from_pretrained(name_or_path, dtype=torch.float32)
         return AutoModel.from_config(AutoConfig.from_pretrained(name_or_path))
     except (OSError, ValueError) as err:
         raise WeightsUnavailable(_offline_message("text model", name_or_path)) from err
@@ -154,7 +156,10 @@ class TextEncoder(nn.Module):
         self.backbone = backbone
         self.layers = find_layers(backbone)
         if not 0 <= trainable_layers <= len(self.layers):
-            raise ValueError(f"trainable_layers must be in [0, {len(self.layers)}]")
+            from .config import ConfigError
+
+            raise ConfigError(f"text trainable layers must be in [0, {len(self.layers)}] for "
+                              f"this encoder, got {trainable_layers}")
         if chunk_rows < 0:
             raise ValueError(f"chunk_rows must be >= 0 (0: the whole batch), got {chunk_rows}")
         self.trainable_layers = trainable_layers

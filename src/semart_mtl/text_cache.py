@@ -66,13 +66,20 @@ def frozen_weights_hash(encoder: TextEncoder) -> str:
 def store_key(encoder: TextEncoder, max_length: int) -> dict:
     """Everything that decides the cached numbers, as a JSON-able dict."""
     return {
-        "config": encoder.backbone.config.to_json_string(use_diff=False),
+        # Where the model was loaded from, and with which library version, changes nothing.
+        "config": _config_without(encoder.backbone.config,
+                                  ("_name_or_path", "transformers_version", "dtype")),
         "frozen_weights": frozen_weights_hash(encoder),
         "max_length": max_length,
         "trainable_layers": encoder.trainable_layers,
         "pooled": encoder.trainable_layers == 0,
         "dim": encoder.dim,
     }
+
+
+def _config_without(config, keys: tuple[str, ...]) -> str:
+    values = {k: v for k, v in config.to_dict().items() if k not in keys}
+    return json.dumps(values, sort_keys=True, default=str)
 
 
 class HiddenStore:
@@ -113,7 +120,11 @@ class HiddenStore:
         """Write (key, (L, D) float16) entries; call under `file_lock(self.folder)`."""
         data = self.folder / DATA_FILE
         offset = data.stat().st_size // (2 * self.dim) if data.is_file() else 0
-        with open(data, "ab") as handle:
+        with open(data, "r+b" if data.is_file() else "wb") as handle:
+            # A write cut short earlier (a kill, a full disk) left a partial row: drop it, so
+            # every entry stays where its offset says.
+            handle.truncate(offset * 2 * self.dim)
+            handle.seek(offset * 2 * self.dim)
             for key, rows in entries:
                 if rows.dtype != np.float16 or rows.ndim != 2 or rows.shape[1] != self.dim:
                     raise ValueError(f"expected (L, {self.dim}) float16, got {rows.shape} "
@@ -166,10 +177,13 @@ class TextCache:
             meta.write_text(json.dumps(readable, indent=2) + "\n")
 
     def fill(
-        self, token_ids: list[list[int]], device: torch.device | str = "cpu",
+        self, token_ids: list[list[int]], device: torch.device | str | None = None,
         batch_size: int = 64, show_progress: bool = True,
     ) -> int:
-        """Compute and store every description not cached yet; return how many were added."""
+        """Compute and store every description not cached yet; return how many were added.
+
+        `device`: where the encoder runs; by default where it already is (the training device).
+        """
         with file_lock(self.folder):
             self.store.reload()
             by_key = {tokens_hash(ids): ids for ids in token_ids}
@@ -180,6 +194,7 @@ class TextCache:
             todo.sort(key=lambda k: len(by_key[k]))
             encoder = self.encoder
             was_training, old_device = encoder.training, _device_of(encoder)
+            device = device or old_device
             encoder.to(device).eval()
             bar = tqdm(total=len(todo), desc="caching text", unit="description",
                        disable=not show_progress)

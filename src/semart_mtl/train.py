@@ -200,7 +200,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
             last = f"{run_dir / checkpoint.LAST} (epoch {done}), untouched" if done \
                 else "none yet (it fails in the first epoch)"
             raise NonFiniteLoss(f"{err}. Run stopped; last good checkpoint: {last}.") from None
-        predicted, target, val_loss = predict(model, val_loader, accelerator)
+        predicted, target, val_loss = predict(model, val_loader, accelerator,
+                                              cfg.train.task_weights)
         metrics = all_metrics(predicted, target, cfg.labels)
         stats["peak_mem_mb"] = peak_memory_mb(accelerator.device)  # after training and validation
         improved = metrics["mean_accuracy"] > best
