@@ -167,3 +167,18 @@ def test_a_run_evaluates_from_any_folder(sample_dir, tmp_path, monkeypatch):
     assert json.loads((run / "config.json").read_text())["data"]["data_dir"] == str(sample_dir)
     monkeypatch.chdir(tmp_path)
     assert evaluate_run(run, "test", device="cpu")["split"] == "test"
+
+
+def test_hub_probe_honours_offline_mode_proxies_and_mirrors(monkeypatch):
+    from semart_mtl.text import hub_reachable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert not hub_reachable()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert hub_reachable()  # behind a proxy the hub clients decide
+    monkeypatch.delenv("HTTPS_PROXY")
+    for name in ("https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a mirror that is not there
+    assert not hub_reachable(timeout=1.0)

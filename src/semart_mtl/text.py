@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 from transformers.masking_utils import create_bidirectional_mask
 
-HUB_HOST = "huggingface.co"
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 class WeightsUnavailable(RuntimeError):
@@ -19,11 +20,19 @@ class WeightsUnavailable(RuntimeError):
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers; False at once under HF_HUB_OFFLINE=1."""
+    """Whether the Hugging Face hub (or the mirror in HF_ENDPOINT) answers on its port.
+
+    False at once under HF_HUB_OFFLINE=1. Behind a proxy a direct connection proves nothing,
+    so the hub clients are left to try.
+    """
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return True
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
-        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
         return True
     except OSError:
         return False
