@@ -99,8 +99,10 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
 
     # --- data ---
     run_dir = _run_dir(cfg, accelerator, resume)
-    report = check_data(cfg.data, needs_images(cfg), needs_text(cfg),
-                        progress=accelerator.is_local_main_process)
+    # Reading every painting once is enough: the main process checks, the others are told.
+    report = [check_data(cfg.data, needs_images(cfg), needs_text(cfg))
+              if accelerator.is_main_process else None]
+    report = (broadcast_object_list(report) if accelerator.num_processes > 1 else report)[0]
     report.raise_if_problems(cfg.data.skip_bad_images)
     # Made only now, so data that stops the run leaves no empty run folder behind.
     if accelerator.is_main_process:
