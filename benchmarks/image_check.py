@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from semart_mtl.checks import IMAGE_CHECKS, check_images
+from semart_mtl.checks import check_images
+from semart_mtl.config import IMAGE_CHECKS
 
 SEMART_PAINTINGS = 19_244 + 1_069 + 1_069  # train + val + test
 

@@ -36,6 +36,9 @@ def test_tiny_model_learns_the_sample(sample_dir, tmp_path, modality):
     run = train(cfg)
     history = pd.read_csv(run / "history.csv")
     assert len(history) == 8 and history["train_loss"].notna().all()
+    # The summed validation loss is the sum of the per-task ones (task weights all 1).
+    per_task = history[[f"val_loss_{t}" for t in TASKS]].sum(axis=1)
+    assert (per_task - history["val_loss"]).abs().max() < 1e-4
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     best = history["val_mean_acc"].max()
     assert best > _majority_accuracy(sample_dir) + 0.1, history.to_string()

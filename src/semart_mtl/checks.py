@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from .config import DataConfig
 from .data import COLUMNS, TASK_COLUMNS, DataError, split_paths
 
-IMAGE_CHECKS = ("decode", "header", "exists")
 SKIPPED_IMAGES = "skipped_images.csv"  # in a run folder: paintings left out by --skip-bad-images
 MAX_LISTED = 50  # problems printed in one error; the rest are counted
 # Columns that must not be empty: a painting without a label or file name cannot be used.

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import BACKBONES, MODALITIES, SCRATCH_TEXT_MODEL, TASKS, ConfigError, RunConfig
+from .config import (
+    BACKBONES, IMAGE_CHECKS, MODALITIES, SCRATCH_TEXT_MODEL, TASKS, ConfigError, RunConfig,
+)
 
 SAMPLE_DIR = Path("data/sample")
 # The quick start (train without --data) must run offline in minutes on a CPU.
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-size", type=int, help="default: the backbone's own")
     data.add_argument("--max-length", type=int, help="description tokens")
     data.add_argument("--num-workers", type=int)
-    data.add_argument("--image-check", choices=("decode", "header", "exists"),
+    data.add_argument("--image-check", choices=IMAGE_CHECKS,
                       help="how paintings are checked before training (default decode)")
     data.add_argument("--skip-bad-images", action="store_true", default=None,
                       help="leave unreadable paintings out (listed in the run folder) "

@@ -10,6 +10,8 @@ from pathlib import Path
 TASKS = ("type", "school", "timeframe", "medium")
 BACKBONES = ("resnet18", "efficientnet_b0", "vit_tiny_patch16_224")
 MODALITIES = ("image", "text", "fusion")
+# How closely paintings are checked before a run, slowest and surest first.
+IMAGE_CHECKS = ("decode", "header", "exists")
 
 # The text model name that means "build a small encoder and tokenizer from the training
 # descriptions": no download, random initialisation. Used by the quick start and the tests.
@@ -120,7 +122,7 @@ class RunConfig:
         data, model, train = self.data, self.model, self.train
         need(model.modality in MODALITIES, f"modality must be one of {MODALITIES}, "
                                            f"got {model.modality!r}")
-        need(data.image_check in ("decode", "header", "exists"),
+        need(data.image_check in IMAGE_CHECKS,
              f"image_check must be decode, header or exists, got {data.image_check!r}")
         need(data.image_size is None or data.image_size >= 16,
              f"image size must be at least 16 pixels, got {data.image_size}")

@@ -18,24 +18,28 @@ from .data import IGNORE_INDEX, TASK_COLUMNS
 @torch.no_grad()
 def predict(
     model, loader, accelerator, weights: dict[str, float] | None = None
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """(N, T) predicted and true class indices over a loader, and the mean weighted loss.
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """(N, T) predicted and true class indices over a loader, and mean losses.
 
-    `weights`: the task weights of training, so validation and training loss compare.
+    The losses are the weighted sum ("loss") and each task's cross-entropy; `weights` are the
+    task weights of training, so validation and training loss compare.
     """
     model.eval()
     predictions, targets, losses = [], [], []
     bar = tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process)
     for batch in bar:
         logits = model(batch)
-        loss, _ = multitask_loss(logits, batch["labels"], weights)
+        loss, per_task = multitask_loss(logits, batch["labels"], weights)
+        values = torch.stack([loss.detach(), *[v.detach() for v in per_task.values()]])  # (1+T,)
         predicted = torch.stack([logits[t].argmax(1) for t in TASKS], dim=1)  # (B, T)
         # gather_for_metrics drops the samples repeated to even out the last batch.
         predicted, labels = accelerator.gather_for_metrics((predicted, batch["labels"]))
         predictions.append(predicted.cpu())
         targets.append(labels.cpu())
-        losses.append(accelerator.gather_for_metrics(loss.detach()[None]).float().mean().item())
-    return torch.cat(predictions).numpy(), torch.cat(targets).numpy(), float(np.mean(losses))
+        losses.append(accelerator.gather_for_metrics(values[None]).float().mean(0).cpu())
+    means = torch.stack(losses).mean(0).tolist()
+    return (torch.cat(predictions).numpy(), torch.cat(targets).numpy(),
+            dict(zip(["loss", *TASKS], means)))
 
 
 def multitask_loss(
@@ -190,7 +194,8 @@ def evaluate_split(
     pad_id = tokenizer.pad_token_id if tokenizer is not None else 0
     loader = make_loader(dataset, cfg, shuffle=False, pad_id=pad_id)
     prepared, loader = accelerator.prepare(model, loader)
-    predicted, target, loss = predict(prepared, loader, accelerator)
+    predicted, target, losses = predict(prepared, loader, accelerator, cfg.train.task_weights)
+    loss = losses["loss"]
     n_params, n_trainable = count_parameters(model)
     extra = {
         "loss": loss, "checkpoint_epoch": epoch, "unseen_labels": unseen,

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from .text import TextEncoder
 
-DEFAULT_CACHE_DIR = ".cache/semart_mtl"  # relative to the working directory, git-ignored
 DATA_FILE = "hidden.f16"
 INDEX_FILE = "index.npz"
 META_FILE = "meta.json"

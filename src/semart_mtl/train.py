@@ -202,15 +202,16 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
             last = f"{run_dir / checkpoint.LAST} (epoch {done}), untouched" if done \
                 else "none yet (it fails in the first epoch)"
             raise NonFiniteLoss(f"{err}. Run stopped; last good checkpoint: {last}.") from None
-        predicted, target, val_loss = predict(model, val_loader, accelerator,
-                                              cfg.train.task_weights)
+        predicted, target, val_losses = predict(model, val_loader, accelerator,
+                                                cfg.train.task_weights)
+        val_loss = val_losses["loss"]
         metrics = all_metrics(predicted, target, cfg.labels)
         stats["peak_mem_mb"] = peak_memory_mb(accelerator.device)  # after training and validation
         improved = metrics["mean_accuracy"] > best
         if improved:
             best = metrics["mean_accuracy"]
             _save_checkpoint(accelerator, model, run_dir, epoch, metrics, cfg)
-        history.append(_history_row(epoch, stats, val_loss, metrics,
+        history.append(_history_row(epoch, stats, val_losses, metrics,
                                     scheduler.get_last_lr()[0]))
         if accelerator.is_main_process:
             _write_history(history, run_dir / "history.csv")
@@ -309,10 +310,11 @@ def _load_last(run_dir: Path, cfg: RunConfig, accelerator, model, optimizer, sch
     return state["history"], float(state["best"]), int(state["epoch"])
 
 
-def _history_row(epoch: int, stats: dict, val_loss: float, metrics: dict, lr: float) -> dict:
+def _history_row(epoch: int, stats: dict, val_losses: dict, metrics: dict, lr: float) -> dict:
     row = {"epoch": epoch, "train_loss": stats["loss"]}
     row |= {f"train_loss_{task}": stats[task] for task in TASKS}
-    row["val_loss"] = val_loss
+    row["val_loss"] = val_losses["loss"]
+    row |= {f"val_loss_{task}": val_losses[task] for task in TASKS}
     for task, m in metrics["tasks"].items():
         row[f"val_acc_{task}"] = m["accuracy"]
         row[f"val_f1_{task}"] = m["macro_f1"]
