@@ -142,8 +142,10 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     image_cfg = image_settings(model.image_encoder.backbone, cfg.data.image_size) \
         if model.image_encoder is not None else None
     if accelerator.is_main_process and not resume:
-        _save_text_model(model, tokenizer, run_dir)
+        _save_text_model(model, tokenizer, run_dir, source)
         cfg.save(run_dir / "config.json")
+    # No process reads the run folder's text model while the main process writes it.
+    accelerator.wait_for_everyone()
 
     # --- loaders ---
     speed_up_model(model, cfg.train, accelerator.device)
@@ -256,11 +258,11 @@ def _run_dir(cfg: RunConfig, accelerator, resume: bool = False) -> Path:
     return run_dir
 
 
-def _save_text_model(model, tokenizer, run_dir: Path) -> None:
+def _save_text_model(model, tokenizer, run_dir: Path, source: str | None) -> None:
     """Keep the text model's config and tokenizer, so the run rebuilds without a download."""
-    if model.text_encoder is None:
-        return
     folder = run_dir / TEXT_DIR
+    if model.text_encoder is None or Path(source) == folder:
+        return  # no text model, or it was built in the run folder ("scratch")
     model.text_encoder.backbone.config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
