@@ -118,6 +118,11 @@ def plot_confusion(counts: pd.DataFrame, title: str, ax=None):
     return ax
 
 
+def split_suffix(split: str) -> str:
+    """What a split's report files carry after their stem: nothing for test (metrics.json)."""
+    return "" if split == "test" else f"_{split}"
+
+
 def write_report(
     run_dir: Path, split: str, predicted: np.ndarray, target: np.ndarray,
     labels: dict[str, list[str]], extra: dict,
@@ -125,7 +130,7 @@ def write_report(
     """Write metrics JSON and per-task confusion CSV/PNG for a split; return the metrics."""
     import matplotlib.pyplot as plt
 
-    suffix = "" if split == "test" else f"_{split}"
+    suffix = split_suffix(split)
     metrics = all_metrics(predicted, target, labels) | {"split": split} | extra
     (run_dir / f"metrics{suffix}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     note = " (generated sample)" if extra.get("generated_data") else ""

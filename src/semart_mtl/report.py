@@ -16,7 +16,7 @@ import pandas as pd
 
 from .config import TASKS, RunConfig
 from .data import images_dir_of, load_image
-from .evaluate import CHECKPOINT, evaluate_run, plot_confusion
+from .evaluate import CHECKPOINT, evaluate_run, plot_confusion, split_suffix
 
 HISTORY = "history.csv"
 CONFIG = "config.json"
@@ -75,7 +75,7 @@ def load_history(run_dir: str | Path) -> pd.DataFrame:
 
 def load_metrics(run_dir: str | Path, split: str = "test") -> dict:
     """The metrics JSON that evaluation wrote for a split."""
-    return json.loads(_required(Path(run_dir) / f"metrics{_suffix(split)}.json").read_text())
+    return json.loads(_required(Path(run_dir) / f"metrics{split_suffix(split)}.json").read_text())
 
 
 def epoch_table(history: pd.DataFrame) -> pd.DataFrame:
@@ -130,7 +130,7 @@ def plot_history(history: pd.DataFrame, title: str = ""):
 
 def load_confusion(run_dir: str | Path, task: str, split: str = "test") -> pd.DataFrame:
     """Counts written by evaluation: rows are true classes, columns predicted ones."""
-    path = _required(Path(run_dir) / f"confusion{_suffix(split)}_{task}.csv")
+    path = _required(Path(run_dir) / f"confusion{split_suffix(split)}_{task}.csv")
     return pd.read_csv(path, index_col=0)
 
 
@@ -363,11 +363,6 @@ def plot_all_predictions(
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def _suffix(split: str) -> str:
-    # Evaluation names the test split's files without a suffix (metrics.json).
-    return "" if split == "test" else f"_{split}"
 
 
 def _required(path: Path) -> Path:
