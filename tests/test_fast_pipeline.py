@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import platform
+import resource
+import sys
 
 import numpy as np
 import pandas as pd
@@ -13,6 +16,8 @@ from PIL import Image
 from semart_mtl.data import DataError, PaintingDataset
 from semart_mtl.evaluate import evaluate_run
 from semart_mtl.image_cache import build_image_cache, cache_short_side
+from semart_mtl.memory import keep_freed_memory
+from semart_mtl.pipeline import default_workers, set_up_cpu_training
 from semart_mtl.text_cache import HiddenStore
 from semart_mtl.train import train
 
@@ -145,3 +150,43 @@ def test_channels_last_backbone_computes_the_same_features():
         after = encoder(images)
     assert encoder.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("device_type", "cores", "workers"), [
+    ("cpu", 1, 0), ("cpu", 2, 1), ("cpu", 16, 2), ("cpu", 64, 8),
+    ("cuda", 1, 0), ("cuda", 2, 1), ("cuda", 16, 15), ("cuda", 64, 16),
+])
+def test_loader_workers_follow_the_machine(monkeypatch, device_type, cores, workers):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert default_workers(device_type) == workers
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cpu_training_computes_on_every_core_shared_by_processes(monkeypatch, restore_threads):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert set_up_cpu_training() == torch.get_num_threads() == 4
+    assert set_up_cpu_training(processes=2) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    torch.set_num_threads(3)
+    assert set_up_cpu_training() == 3  # the user's setting stands
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's allocator only")
+def test_freed_cpu_tensors_are_reused_without_page_faults():
+    assert keep_freed_memory()
+    n = 2**24  # 64 MiB of float32: glibc would map it afresh, and fault it in, every time
+    faults = []
+    for _ in range(20):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.ones(n)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    # The heap takes a few rounds to settle on a block it reuses; then nothing is faulted in.
+    assert max(faults[-5:]) < n * 4 // 4096 // 10, f"page faults per 64 MiB tensor: {faults}"

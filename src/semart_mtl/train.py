@@ -30,8 +30,8 @@ from .memory import peak_memory_mb
 from .model import build_model, count_parameters
 from .pipeline import (
     TEXT_DIR, image_settings, make_accelerator, make_dataset, make_loader,
-    needs_images, needs_text, open_text_cache, settle_hub_access, speed_up_model, text_source,
-    use_free_cores,
+    needs_images, needs_text, open_text_cache, set_up_cpu_training, settle_hub_access,
+    speed_up_model, text_source,
 )
 from .text import load_tokenizer
 
@@ -150,6 +150,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     # --- loaders ---
     speed_up_model(model, cfg.train, accelerator.device)
     model.to(accelerator.device)  # so the text cache is filled on the training device
+    if accelerator.device.type == "cpu":
+        set_up_cpu_training(accelerator.num_processes)
     text_cache = open_text_cache(cfg, model.text_encoder)
     pad_id = tokenizer.pad_token_id if tokenizer is not None else 0
     train_set, _ = make_dataset(cfg, splits.train, splits.images_dir, tokenizer, image_cfg, True,
@@ -159,8 +161,6 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     train_loader = make_loader(train_set, cfg, shuffle=True, pad_id=pad_id)
     val_loader = make_loader(val_set, cfg, shuffle=False, pad_id=pad_id)
     generators = [train_loader.generator, val_loader.generator]
-    if accelerator.device.type == "cpu":
-        use_free_cores(train_loader.num_workers)
 
     # --- optimisation ---
     trainable = [p for p in model.parameters() if p.requires_grad]
