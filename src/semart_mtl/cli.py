@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--val-fraction", type=float, help="carved from train without a val CSV")
     data.add_argument("--image-size", type=int, help="default: the backbone's own")
     data.add_argument("--max-length", type=int, help="description tokens")
-    data.add_argument("--num-workers", type=int)
+    data.add_argument("--num-workers", type=int,
+                      help="loader processes (default: from the cores and the device)")
     data.add_argument("--image-check", choices=IMAGE_CHECKS,
                       help="how paintings are checked before training (default decode)")
     data.add_argument("--skip-bad-images", action="store_true", default=None,
