@@ -172,27 +172,23 @@ def run_pipeline(args: argparse.Namespace, pipeline: str) -> dict:
 
     from semart_mtl.model import FusionClassifier, ImageEncoder
     from semart_mtl.pipeline import (
-        cached_images_dir, image_settings, make_accelerator, make_dataset, make_loader,
-        open_text_cache, speed_up_model,
+        cached_images_dir, default_workers, image_settings, make_accelerator, make_dataset,
+        make_loader, open_text_cache, set_up_cpu_training, speed_up_model, training_device_type,
+        use_every_core,
     )
     from semart_mtl.text import TextEncoder, load_text_backbone, load_tokenizer
     from semart_mtl.train import train_one_epoch
-
-    from semart_mtl.pipeline import default_workers, set_up_cpu_training, training_device_type
 
     fast = pipeline in ("default", "grouped")
     tuned = pipeline != "naive"
     cfg = RunConfig()
     cfg.train.device = args.device
-    cpu = training_device_type(cfg.train) == "cpu"
-    workers = args.workers if args.workers is not None else default_workers(
-        "cpu" if cpu else "cuda")
-    if cpu:
-        if tuned:
-            set_up_cpu_training()
-        elif not os.environ.get("OMP_NUM_THREADS"):
-            # The threads the package's runs use, with glibc's allocator left as it is.
-            torch.set_num_threads(os.cpu_count() or 1)
+    device_type = training_device_type(cfg.train)
+    workers = args.workers if args.workers is not None else default_workers(device_type)
+    if device_type == "cpu" and tuned:
+        set_up_cpu_training()
+    elif device_type == "cpu":
+        use_every_core()  # the package's threads, with glibc's allocator left as it is
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg.data.data_dir = args.data
@@ -218,7 +214,7 @@ def run_pipeline(args: argparse.Namespace, pipeline: str) -> dict:
     model = FusionClassifier(n_classes, image_encoder, text_encoder, cfg.model.fusion_dim,
                              cfg.model.dropout)
     if tuned:
-        speed_up_model(model, cfg.train, accelerator.device)
+        speed_up_model(model, cfg.train)
     model.to(accelerator.device)
     tokenizer = load_tokenizer(args.text_model)
     image_cfg = image_settings(image_encoder.backbone, cfg.data.image_size)
@@ -287,7 +283,7 @@ def bare_backbone(args: argparse.Namespace, cfg: RunConfig, accelerator) -> dict
             self.image_encoder, self.head = encoder, head
 
     bare = Bare()
-    speed_up_model(bare, cfg.train, accelerator.device)
+    speed_up_model(bare, cfg.train)
     trainable = [p for p in bare.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr)
     bare, optimizer = accelerator.prepare(bare, optimizer)

@@ -117,20 +117,25 @@ def default_workers(device_type: str) -> int:
     return max(0, min(16, cores - 1))
 
 
-def set_up_cpu_training(processes: int = 1) -> int:
-    """All cores compute (shared among local processes), freed tensor memory is kept for reuse.
+def use_every_core(processes: int = 1) -> int:
+    """Torch computes on all cores, shared among local processes; returns its thread count.
 
-    Returns torch's thread count. OMP_NUM_THREADS, where set, is left to decide it.
+    OMP_NUM_THREADS, where set, is left to decide it.
 
     NOTE: the loader workers mostly wait (cached copies are cheap to read), so compute does not
     leave them cores: on 2 cores, 2 threads beside one worker trained about 1.6x faster than one
     thread. On a machine busy with other work, threads that outnumber the free cores wait on
     each other at every barrier; set OMP_NUM_THREADS lower there.
     """
-    keep_freed_memory()
     if not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, processes)))
     return torch.get_num_threads()
+
+
+def set_up_cpu_training(processes: int = 1) -> int:
+    """Every core computes and freed tensor memory is kept for reuse; returns the thread count."""
+    keep_freed_memory()
+    return use_every_core(processes)
 
 
 def make_loader(
@@ -177,7 +182,7 @@ def make_accelerator(cfg: TrainConfig):
     return Accelerator(cpu=cpu, mixed_precision=precision)
 
 
-def speed_up_model(model, cfg: TrainConfig, device: torch.device) -> None:
+def speed_up_model(model, cfg: TrainConfig) -> None:
     """Channels-last backbone and, when asked, a compiled one; numbers unchanged."""
     if model.image_encoder is None:
         return

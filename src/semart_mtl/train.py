@@ -148,7 +148,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     accelerator.wait_for_everyone()
 
     # --- loaders ---
-    speed_up_model(model, cfg.train, accelerator.device)
+    speed_up_model(model, cfg.train)
     model.to(accelerator.device)  # so the text cache is filled on the training device
     if accelerator.device.type == "cpu":
         set_up_cpu_training(accelerator.num_processes)
