@@ -16,7 +16,10 @@ grouped: default plus --group-by-length (an option, off by default: it changes w
 
 All run the package's own training step (`train.train_one_epoch`) with the same model,
 rows, batch size, loader workers and compute threads, each in a child process so that its
-peak memory is its own. The first epoch also pays for what a run does once (loader start,
+peak memory is its own. The children stay up side by side and their epochs take turns
+(naive epoch 1, default epoch 1, ..., naive epoch 2, ...), so that a shared machine's drifting
+speed slows every pipeline alike; `speedup_per_epoch` lists the ratio of each later round.
+The first epoch also pays for what a run does once (loader start,
 memory growing to its peak, kernel choice), which a SemArt epoch of 600 steps spreads thin
 and a benchmark epoch of 3 does not: `seconds_per_epoch` is the mean of the later epochs, and
 the first is reported apart. The rows are real: descriptions (and labels) of the SemArt rows
@@ -164,107 +167,174 @@ def pad_to_max_length(items: list[dict], pad_id: int, max_length: int) -> dict:
     return batch
 
 
-def run_pipeline(args: argparse.Namespace, pipeline: str) -> dict:
-    """Build the model and loader of one pipeline and time `--epochs` training epochs."""
-    from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
-    from transformers import get_cosine_schedule_with_warmup
+class PipelineRun:
+    """One pipeline's model, loader and optimizer, built once; `epoch()` trains one more epoch."""
 
-    from semart_mtl.model import FusionClassifier, ImageEncoder
-    from semart_mtl.pipeline import (
-        cached_images_dir, default_workers, image_settings, make_accelerator, make_dataset,
-        make_loader, open_text_cache, set_up_cpu_training, speed_up_model, training_device_type,
-        use_every_core,
-    )
-    from semart_mtl.text import TextEncoder, load_text_backbone, load_tokenizer
-    from semart_mtl.train import train_one_epoch
+    def __init__(self, args: argparse.Namespace, pipeline: str):
+        from accelerate.utils import set_seed
+        from torch.utils.data import DataLoader
+        from transformers import get_cosine_schedule_with_warmup
 
-    fast = pipeline in ("default", "grouped")
-    tuned = pipeline != "naive"
-    cfg = RunConfig()
-    cfg.train.device = args.device
-    device_type = training_device_type(cfg.train)
-    workers = args.workers if args.workers is not None else default_workers(device_type)
-    if device_type == "cpu" and tuned:
-        set_up_cpu_training()
-    elif device_type == "cpu":
-        use_every_core()  # the package's threads, with glibc's allocator left as it is
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg.data.data_dir = args.data
-    cfg.data.cache_dir = str(Path(args.work) / "cache")
-    cfg.data.max_length = args.max_length
-    cfg.data.image_size = args.image_size
-    cfg.data.num_workers = workers
-    cfg.data.text_cache = cfg.data.image_cache = fast
-    cfg.data.group_by_length = pipeline == "grouped"
-    cfg.train.batch_size = args.batch_size
-    cfg.train.compile = args.compile and fast
-    frame = read_split(Path(args.data) / SPLIT_FILES["train"])
-    cfg.labels = fit_labels(frame)
-
-    set_seed(0)
-    accelerator = make_accelerator(cfg.train)
-    image_encoder = ImageEncoder(args.backbone, pretrained=False, freeze=cfg.model.freeze)
-    # The naive pipelines run the trainable layer over the whole batch, as padded.
-    text_encoder = TextEncoder(load_text_backbone(args.text_model, pretrained=False),
-                               cfg.model.text_trainable_layers,
-                               args.text_chunk_rows if fast else 0)
-    n_classes = {task: len(names) for task, names in cfg.labels.items()}
-    model = FusionClassifier(n_classes, image_encoder, text_encoder, cfg.model.fusion_dim,
-                             cfg.model.dropout)
-    if tuned:
-        speed_up_model(model, cfg.train)
-    model.to(accelerator.device)
-    tokenizer = load_tokenizer(args.text_model)
-    image_cfg = image_settings(image_encoder.backbone, cfg.data.image_size)
-    images_dir = Path(args.data) / "Images"
-
-    build = {}
-    text_cache = open_text_cache(cfg, text_encoder)
-    if fast:
-        # The one-time work, timed apart; make_dataset then finds both caches complete.
-        start = time.perf_counter()
-        ids = tokenizer(frame["DESCRIPTION"].tolist(), truncation=True,
-                        max_length=cfg.data.max_length)["input_ids"]
-        text_cache.fill(ids, batch_size=args.cache_batch_size)
-        build["text_cache_seconds"] = time.perf_counter() - start
-        start = time.perf_counter()
-        cached_images_dir(cfg, frame, images_dir, image_cfg)
-        build["image_cache_seconds"] = time.perf_counter() - start
-    dataset, _ = make_dataset(cfg, frame, images_dir, tokenizer, image_cfg, True, text_cache)
-    loader = make_loader(dataset, cfg, shuffle=True, pad_id=tokenizer.pad_token_id)
-    if not fast:
-        loader = DataLoader(
-            dataset, batch_size=cfg.train.batch_size, shuffle=True,
-            num_workers=loader.num_workers, pin_memory=loader.pin_memory,
-            persistent_workers=loader.num_workers > 0,
-            collate_fn=partial(pad_to_max_length, pad_id=tokenizer.pad_token_id,
-                               max_length=cfg.data.max_length),
+        from semart_mtl.model import FusionClassifier, ImageEncoder
+        from semart_mtl.pipeline import (
+            cached_images_dir, default_workers, image_settings, make_accelerator, make_dataset,
+            make_loader, open_text_cache, set_up_cpu_training, speed_up_model,
+            training_device_type, use_every_core,
         )
+        from semart_mtl.text import TextEncoder, load_text_backbone, load_tokenizer
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, 0, args.epochs * len(loader))
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if accelerator.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    epochs = [train_one_epoch(model, loader, optimizer, scheduler, accelerator,
-                              cfg.train.task_weights, epoch) for epoch in range(1, args.epochs + 1)]
-    seconds = [e["seconds"] for e in epochs]
-    steady = float(np.mean(seconds[1:] or seconds))
-    result = {
-        "seconds_per_epoch": steady, "first_epoch_seconds": seconds[0], "epoch_seconds": seconds,
-        "img_per_s": len(dataset) / steady,
-        "train_loss": [e["loss"] for e in epochs],
-        "peak_memory_mib": peak_memory_mib(accelerator.device),
-        "loader_workers": loader.num_workers, "torch_threads": torch.get_num_threads(),
-        "precision": accelerator.mixed_precision,
-        "device": str(accelerator.device),
-    } | build
-    if args.bare_backbone and pipeline == "default":
-        result["bare_backbone"] = bare_backbone(args, cfg, accelerator)
-    return result
+        self.args, self.pipeline = args, pipeline
+        fast = pipeline in ("default", "grouped")
+        tuned = pipeline != "naive"
+        cfg = self.cfg = RunConfig()
+        cfg.train.device = args.device
+        device_type = training_device_type(cfg.train)
+        workers = args.workers if args.workers is not None else default_workers(device_type)
+        if device_type == "cpu" and tuned:
+            set_up_cpu_training()
+        elif device_type == "cpu":
+            use_every_core()  # the package's threads, with glibc's allocator left as it is
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        cfg.data.data_dir = args.data
+        cfg.data.cache_dir = str(Path(args.work) / "cache")
+        cfg.data.max_length = args.max_length
+        cfg.data.image_size = args.image_size
+        cfg.data.num_workers = workers
+        cfg.data.text_cache = cfg.data.image_cache = fast
+        cfg.data.group_by_length = pipeline == "grouped"
+        cfg.train.batch_size = args.batch_size
+        cfg.train.compile = args.compile and fast
+        frame = read_split(Path(args.data) / SPLIT_FILES["train"])
+        cfg.labels = fit_labels(frame)
+
+        set_seed(0)
+        accelerator = self.accelerator = make_accelerator(cfg.train)
+        image_encoder = ImageEncoder(args.backbone, pretrained=False, freeze=cfg.model.freeze)
+        # The naive pipelines run the trainable layer over the whole batch, as padded.
+        text_encoder = TextEncoder(load_text_backbone(args.text_model, pretrained=False),
+                                   cfg.model.text_trainable_layers,
+                                   args.text_chunk_rows if fast else 0)
+        n_classes = {task: len(names) for task, names in cfg.labels.items()}
+        model = FusionClassifier(n_classes, image_encoder, text_encoder, cfg.model.fusion_dim,
+                                 cfg.model.dropout)
+        if tuned:
+            speed_up_model(model, cfg.train)
+        model.to(accelerator.device)
+        tokenizer = load_tokenizer(args.text_model)
+        image_cfg = image_settings(image_encoder.backbone, cfg.data.image_size)
+        images_dir = Path(args.data) / "Images"
+
+        self.build = {}
+        text_cache = open_text_cache(cfg, text_encoder)
+        if fast:
+            # The one-time work, timed apart; make_dataset then finds both caches complete.
+            start = time.perf_counter()
+            ids = tokenizer(frame["DESCRIPTION"].tolist(), truncation=True,
+                            max_length=cfg.data.max_length)["input_ids"]
+            text_cache.fill(ids, batch_size=args.cache_batch_size)
+            self.build["text_cache_seconds"] = time.perf_counter() - start
+            start = time.perf_counter()
+            cached_images_dir(cfg, frame, images_dir, image_cfg)
+            self.build["image_cache_seconds"] = time.perf_counter() - start
+        dataset, _ = make_dataset(cfg, frame, images_dir, tokenizer, image_cfg, True, text_cache)
+        self.rows = len(dataset)
+        loader = make_loader(dataset, cfg, shuffle=True, pad_id=tokenizer.pad_token_id)
+        if not fast:
+            loader = DataLoader(
+                dataset, batch_size=cfg.train.batch_size, shuffle=True,
+                num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                persistent_workers=loader.num_workers > 0,
+                collate_fn=partial(pad_to_max_length, pad_id=tokenizer.pad_token_id,
+                                   max_length=cfg.data.max_length),
+            )
+
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, 0, args.epochs * len(loader))
+        self.model, self.optimizer, self.loader, self.scheduler = accelerator.prepare(
+            model, optimizer, loader, scheduler)
+        if accelerator.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.epochs = []
+
+    def epoch(self) -> float:
+        """Train one epoch; returns its seconds."""
+        from semart_mtl.train import train_one_epoch
+
+        figures = train_one_epoch(self.model, self.loader, self.optimizer, self.scheduler,
+                                  self.accelerator, self.cfg.train.task_weights,
+                                  len(self.epochs) + 1)
+        self.epochs.append(figures)
+        return figures["seconds"]
+
+    def figures(self) -> dict:
+        """Seconds per epoch (the first apart), throughput, losses and peak memory."""
+        seconds = [e["seconds"] for e in self.epochs]
+        steady = float(np.mean(seconds[1:] or seconds))
+        result = {
+            "seconds_per_epoch": steady, "first_epoch_seconds": seconds[0],
+            "epoch_seconds": seconds, "img_per_s": self.rows / steady,
+            "train_loss": [e["loss"] for e in self.epochs],
+            "peak_memory_mib": peak_memory_mib(self.accelerator.device),
+            "loader_workers": self.loader.num_workers, "torch_threads": torch.get_num_threads(),
+            "precision": self.accelerator.mixed_precision,
+            "device": str(self.accelerator.device),
+        } | self.build
+        if self.args.bare_backbone and self.pipeline == "default":
+            result["bare_backbone"] = bare_backbone(self.args, self.cfg, self.accelerator)
+        return result
+
+
+def serve(args: argparse.Namespace) -> None:
+    """A child: build one pipeline, then obey the parent, one command per line on stdin.
+
+    `epoch` trains one epoch, `finish` writes the figures to --json and ends; each is answered
+    on the pipe --reply-fd once done ("ready" once the pipeline is built).
+    """
+    with os.fdopen(args.reply_fd, "w", buffering=1) as reply:
+        run = PipelineRun(args, args.child)
+        reply.write("ready\n")
+        for command in sys.stdin:
+            if command.strip() == "epoch":
+                reply.write(f"{run.epoch()}\n")
+            elif command.strip() == "finish":
+                args.json.write_text(json.dumps(run.figures()))
+                reply.write("finished\n")
+                return
+            else:
+                raise ValueError(f"unknown command {command!r}")
+
+
+class Child:
+    """The parent's handle on one pipeline's child process."""
+
+    def __init__(self, command: list[str], pipeline: str):
+        self.pipeline = pipeline
+        read, write = os.pipe()
+        self.process = subprocess.Popen([*command, "--reply-fd", str(write)], pass_fds=(write,),
+                                        stdin=subprocess.PIPE, text=True)
+        os.close(write)
+        self.replies = os.fdopen(read)
+
+    def ask(self, command: str | None = None) -> str:
+        """Send `command` (if any) and wait for the child's answer."""
+        if command is not None:
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+        answer = self.replies.readline()
+        if not answer:  # the child closed its end: it has failed
+            code = self.process.wait()
+            raise RuntimeError(f"the {self.pipeline} pipeline's process ended (exit code "
+                               f"{code}) before answering {command or 'ready'!r}; "
+                               "its error is printed above")
+        return answer.strip()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.replies.close()
 
 
 def bare_backbone(args: argparse.Namespace, cfg: RunConfig, accelerator) -> dict:
@@ -334,7 +404,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, required=True, help="where to write the figures")
     parser.add_argument("--real", type=Path, default=DEFAULT_REAL, help="real SemArt rows")
     parser.add_argument("--rows", type=int, default=96)
-    parser.add_argument("--epochs", type=int, default=2,
+    parser.add_argument("--epochs", type=int, default=3,
                         help="epochs per pipeline; the first is reported apart from the others")
     parser.add_argument("--batch-size", type=int, default=RunConfig().train.batch_size)
     parser.add_argument("--backbone", default="efficientnet_b0")
@@ -367,14 +437,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--child", choices=PIPELINES, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--text-model", help=argparse.SUPPRESS)
+    parser.add_argument("--reply-fd", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.child:
-        figures = run_pipeline(args, args.child)
-        args.json.write_text(json.dumps(figures))
+        serve(args)
         return None
 
     pipelines = [p.strip() for p in args.pipelines.split(",")]
@@ -392,17 +462,31 @@ def main(argv: list[str] | None = None) -> dict | None:
 
         shutil.rmtree(args.work / "cache", ignore_errors=True)
 
-    results = {}
-    for pipeline in pipelines:
-        print(f"timing the {pipeline} pipeline ({args.rows} rows, {args.epochs} epoch(s))",
-              flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "figures.json"
-            child = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]),
-                     "--child", pipeline, "--json", str(out), "--data", str(data),
-                     "--text-model", str(text_model)]
-            subprocess.run(child, check=True)
-            results[pipeline] = json.loads(out.read_text())
+    # Every pipeline stays in its own warm process, and their epochs take turns: a shared
+    # machine's speed drifts by tens of percent within a minute, and taking turns lets the
+    # drift fall on every pipeline alike instead of on whichever ran last.
+    results, children = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for pipeline in pipelines:
+                # One at a time: the default and grouped pipelines build the same caches.
+                print(f"building the {pipeline} pipeline ({args.rows} rows)", flush=True)
+                command = [sys.executable, __file__,
+                           *(argv if argv is not None else sys.argv[1:]),
+                           "--child", pipeline, "--json", str(Path(tmp) / f"{pipeline}.json"),
+                           "--data", str(data), "--text-model", str(text_model)]
+                children[pipeline] = Child(command, pipeline)
+                children[pipeline].ask()
+            for epoch in range(1, args.epochs + 1):
+                seconds = {p: float(child.ask("epoch")) for p, child in children.items()}
+                print(f"epoch {epoch}: " + ", ".join(f"{p} {s:.2f} s"
+                                                     for p, s in seconds.items()), flush=True)
+            for pipeline, child in children.items():
+                child.ask("finish")
+                results[pipeline] = json.loads((Path(tmp) / f"{pipeline}.json").read_text())
+        finally:
+            for child in children.values():
+                child.close()
 
     report = {
         "rows": args.rows, "epochs": args.epochs, "batch_size": args.batch_size,
@@ -416,11 +500,15 @@ def main(argv: list[str] | None = None) -> dict | None:
                     "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "setup_seconds": setup_seconds,
+        "epochs_taking_turns": pipelines,
     } | results
     for key, (slower, faster) in SPEEDUPS.items():
         if {slower, faster} <= set(results):
             for figure, suffix in (("seconds_per_epoch", ""), ("first_epoch_seconds", "_first")):
                 report[key + suffix] = results[slower][figure] / results[faster][figure]
+            # Epochs that took turns back to back: how much the ratio moves within a run.
+            pairs = zip(results[slower]["epoch_seconds"], results[faster]["epoch_seconds"])
+            report[key + "_per_epoch"] = [a / b for a, b in pairs][1:]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print_summary(report)
@@ -441,8 +529,10 @@ def print_summary(report: dict) -> None:
                       f"{r['seconds_per_epoch'] * bare / report['rows']:.2f}")
     for key, (slower, faster) in SPEEDUPS.items():
         if key in report:
+            each = ", ".join(f"{r:.2f}x" for r in report[key + "_per_epoch"])
             print(f"{key} ({slower} / {faster} seconds per epoch): {report[key]:.2f}x "
-                  f"(first epochs: {report[key + '_first']:.2f}x)")
+                  f"(first epochs: {report[key + '_first']:.2f}x; later epochs one by one: "
+                  f"{each or '-'})")
 
 
 if __name__ == "__main__":
