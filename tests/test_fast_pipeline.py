@@ -153,7 +153,7 @@ def test_channels_last_backbone_computes_the_same_features():
 
 
 @pytest.mark.parametrize(("device_type", "cores", "workers"), [
-    ("cpu", 1, 0), ("cpu", 2, 1), ("cpu", 16, 2), ("cpu", 64, 8),
+    ("cpu", 1, 0), ("cpu", 2, 2), ("cpu", 16, 2), ("cpu", 64, 8),
     ("cuda", 1, 0), ("cuda", 2, 1), ("cuda", 16, 15), ("cuda", 64, 16),
 ])
 def test_loader_workers_follow_the_machine(monkeypatch, device_type, cores, workers):
