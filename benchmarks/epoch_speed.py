@@ -182,6 +182,7 @@ class PipelineRun:
             training_device_type, use_every_core,
         )
         from semart_mtl.text import TextEncoder, load_text_backbone, load_tokenizer
+        from semart_mtl.train import make_optimizer
 
         self.args, self.pipeline = args, pipeline
         fast = pipeline in ("default", "grouped")
@@ -249,8 +250,7 @@ class PipelineRun:
                                    max_length=cfg.data.max_length),
             )
 
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr)
+        optimizer = make_optimizer(model, cfg.train)
         scheduler = get_cosine_schedule_with_warmup(optimizer, 0, args.epochs * len(loader))
         self.model, self.optimizer, self.loader, self.scheduler = accelerator.prepare(
             model, optimizer, loader, scheduler)
@@ -341,6 +341,7 @@ def bare_backbone(args: argparse.Namespace, cfg: RunConfig, accelerator) -> dict
     """Training throughput of the image backbone alone on tensors already on the device."""
     from semart_mtl.model import ImageEncoder
     from semart_mtl.pipeline import speed_up_model
+    from semart_mtl.train import make_optimizer
 
     encoder = ImageEncoder(args.backbone, pretrained=False, freeze=cfg.model.freeze)
     head = torch.nn.Linear(encoder.dim, 10)
@@ -354,8 +355,7 @@ def bare_backbone(args: argparse.Namespace, cfg: RunConfig, accelerator) -> dict
 
     bare = Bare()
     speed_up_model(bare, cfg.train)
-    trainable = [p for p in bare.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr)
+    optimizer = make_optimizer(bare, cfg.train)
     bare, optimizer = accelerator.prepare(bare, optimizer)
     bare.train()
     unwrapped = accelerator.unwrap_model(bare)
