@@ -8,9 +8,9 @@ naive-tuned: naive, with the default pipeline's process and layout settings (cha
          backbone; on CPU, freed tensor memory kept for reuse): what is left of the speedup
          is what the caches and the padding bought.
 default: the frozen text layers' output comes from the text cache (only the trainable top
-         runs, on length-sorted chunks of --text-chunk-rows rows each cut to its own longest
-         description), batches are padded to their own longest description, and images are
-         read from resized copies; the backbone runs channels-last (compiled with --compile).
+         runs, on the batch's real tokens, attention on length-sorted chunks of
+         --text-chunk-rows rows), batches are padded to their own longest description, and
+         images are read from resized copies; the backbone runs channels-last (compiled with --compile).
 grouped: default plus --group-by-length (an option, off by default: it changes which rows
          share a batch).
 
@@ -325,9 +325,9 @@ class Child:
         answer = self.replies.readline()
         if not answer:  # the child closed its end: it has failed
             code = self.process.wait()
-            raise RuntimeError(f"the {self.pipeline} pipeline's process ended (exit code "
-                               f"{code}) before answering {command or 'ready'!r}; "
-                               "its error is printed above")
+            raise SystemExit(f"the {self.pipeline} pipeline's process ended (exit code "
+                             f"{code}) before answering {command or 'ready'!r}; its error is "
+                             "printed above")
         return answer.strip()
 
     def close(self) -> None:
@@ -423,8 +423,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bare-warmup", type=int, default=1)
     parser.add_argument("--cache-batch-size", type=int, default=32)
     parser.add_argument("--text-chunk-rows", type=int, default=RunConfig().model.text_chunk_rows,
-                        help="rows per chunk of the trainable text layer (default and grouped "
-                             "pipelines; 0: the whole batch)")
+                        help="rows per attention chunk of the trainable text layer (default "
+                             "and grouped pipelines; 0: the whole batch, padded)")
     parser.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER,
                         help="a BERT uncased tokenizer folder (DistilBERT's vocabulary)")
     parser.add_argument("--small", action="store_true",

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 
+import pytest
 import torch
 from PIL import Image
 
@@ -63,3 +64,45 @@ def test_gpu_check_small_runs_on_cpu(tmp_path):
     with Image.open(images[0]) as image:  # real size, as SemArt's JPEGs are
         assert 900 <= min(image.size) <= 1100 and 1200 <= max(image.size) <= 1400
     assert "seconds per epoch:" in done.stdout
+
+
+SMALL = ["--small", "--rows", "16", "--batch-size", "8", "--image-size", "64", "--max-length",
+         "64", "--device", "cpu", "--no-bare-backbone"]
+
+
+@requires_real
+def test_epoch_speed_ratios_come_from_epochs_that_took_turns(tmp_path):
+    out = tmp_path / "speed.json"
+    done = subprocess.run(
+        ["python", str(REPO / "benchmarks" / "epoch_speed.py"), *SMALL, "--epochs", "3",
+         "--pipelines", "naive,default", "--json", str(out), "--work", str(tmp_path / "work"),
+         "--real", str(REAL_DIR)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    naive, default = report["naive"]["epoch_seconds"], report["default"]["epoch_seconds"]
+    assert len(naive) == len(default) == 3
+    # One line per round, both pipelines in it: the epochs took turns.
+    rounds = [line for line in done.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in rounds] == ["epoch 1", "epoch 2", "epoch 3"]
+    assert all("naive" in line and "default" in line for line in rounds)
+    assert report["naive"]["seconds_per_epoch"] == pytest.approx(sum(naive[1:]) / 2)
+    assert report["default"]["seconds_per_epoch"] == pytest.approx(sum(default[1:]) / 2)
+    assert report["speedup"] == (report["naive"]["seconds_per_epoch"]
+                                 / report["default"]["seconds_per_epoch"])
+    assert report["speedup_per_epoch"] == [n / d for n, d in zip(naive[1:], default[1:])]
+
+
+@requires_real
+def test_epoch_speed_names_the_pipeline_whose_process_failed(tmp_path):
+    done = subprocess.run(
+        ["python", str(REPO / "benchmarks" / "epoch_speed.py"), *SMALL, "--epochs", "1",
+         "--pipelines", "default", "--backbone", "no_such_backbone",
+         "--json", str(tmp_path / "speed.json"), "--work", str(tmp_path / "work"),
+         "--real", str(REAL_DIR)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode != 0
+    assert "the default pipeline's process ended" in done.stderr
+    assert not (tmp_path / "speed.json").exists()

@@ -1,4 +1,4 @@
-"""The trainable text layers on length-sorted chunks: same output and gradients as one batch."""
+"""The trainable text layers over packed rows, attention in chunks: same output and gradients."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from transformers import AutoModel, BertConfig, DistilBertConfig
 from semart_mtl.cli import build_parser, config_from_args
 from semart_mtl.config import TASKS
 from semart_mtl.model import build_model
-from semart_mtl.text import TextEncoder
+from semart_mtl.text import PACKED_ATTENTION, TextEncoder, attention_modules
 
 # Very different lengths, unsorted, with ties and a row as long as the batch.
 LENGTHS = [5, 40, 2, 17, 40, 9, 33]
@@ -94,3 +94,31 @@ def test_chunk_rows_setting_reaches_the_encoder_and_bad_values_are_refused(tmp_p
         cfg.validate()
     with pytest.raises(ValueError, match="chunk_rows"):
         TextEncoder(AutoModel.from_config(SHAPES["bert"]), 1, chunk_rows=-1)
+
+
+def test_only_the_trainable_layers_attend_over_packed_rows():
+    encoder = make_encoder("distilbert", trainable_layers=1, chunk_rows=2)
+    top = attention_modules(encoder.top_layers()[0])
+    bottom = attention_modules(encoder.layers[0])
+    assert top and bottom
+    assert all(m.config._attn_implementation == PACKED_ATTENTION for m in top)
+    # The frozen layers, and the encoder's own config, keep the encoder's attention.
+    assert all(m.config is encoder.backbone.config for m in bottom)
+    assert encoder.backbone.config._attn_implementation != PACKED_ATTENTION
+    # The whole encoder still runs (as when the text cache is filled), top layers included.
+    ids = torch.randint(0, 50, (2, 6))
+    mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3])
+    reference = make_encoder("distilbert", trainable_layers=1, chunk_rows=0)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(ids, mask), reference(ids, mask))
+
+
+def test_a_row_without_tokens_pools_to_zero():
+    encoder = make_encoder("bert", trainable_layers=1, chunk_rows=2)
+    hidden, mask = hidden_and_mask(encoder.dim, padded_to=max(LENGTHS))
+    mask[2] = 0
+    with torch.no_grad():
+        pooled = encoder.top(hidden, mask)
+        alone = encoder.top(hidden[[0, 1, 3]], mask[[0, 1, 3]])
+    assert (pooled[2] == 0).all()
+    torch.testing.assert_close(pooled[[0, 1, 3]], alone)

@@ -71,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--freeze", type=float, help="fraction of backbone groups frozen")
     model.add_argument("--text-trainable-layers", type=int)
     model.add_argument("--text-chunk-rows", type=int,
-                       help="run the trainable text layers on length-sorted chunks of this "
-                            "many rows, each cut to its longest description (default 8; "
-                            "0: the whole batch at once)")
+                       help="the trainable text layers run on the batch's real tokens, "
+                            "attention on length-sorted chunks of this many rows, each padded "
+                            "to its longest description (default 4; 0: the whole batch at "
+                            "once, padded)")
     model.add_argument("--dropout", type=float)
     model.add_argument("--fusion-dim", type=int)
     opt = train.add_argument_group("optimisation")

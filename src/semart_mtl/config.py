@@ -53,12 +53,13 @@ class ModelConfig:
     image_weights: str | None = None  # local timm checkpoint for offline machines
     freeze: float = 0.5  # fraction of the backbone's groups, stem first, kept frozen
     text_trainable_layers: int = 1  # transformer layers fine-tuned, counted from the top
-    # The trainable layers run on length-sorted chunks of this many rows, each cut to its own
-    # longest description (0: the whole batch at once). Same output, less padding: on CPU
-    # about 2x faster than the whole batch; on a GPU a few more, smaller kernels per step.
-    # On 2 CPU cores, 3 batches of 32 real SemArt descriptions through the trainable
-    # DistilBERT layer (forward and backward) took a median 3.9 s in chunks of 4 rows, 4.1 s
-    # in chunks of 3, 4.5 s in chunks of 2 or 8, and 8 to 10 s unchunked.
+    # The trainable layers run on the batch's real tokens packed end to end, and attention on
+    # length-sorted chunks of this many rows, each padded to its own longest (0: the whole
+    # batch at once, padded to its longest). Same output, less padding. On 2 CPU cores, 3
+    # batches of 32 real SemArt descriptions through the trainable DistilBERT layer (forward
+    # and backward) took a median 3.6 s at 4 rows, 3.8 s at 8, 3.9 s at 2, 4.2 s at 1; the
+    # layers chunked whole at 4 rows 4.2 s, unchunked 8 to 10 s. On a GPU: a few more, smaller
+    # kernels per step.
     text_chunk_rows: int = 4
     dropout: float = 0.3
     fusion_dim: int = 512

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 from pathlib import Path
@@ -10,7 +11,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PreTrainedTokenizerFast
+from transformers import AttentionInterface
 from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
@@ -151,6 +154,83 @@ def find_layers(backbone: nn.Module) -> nn.ModuleList:
     raise ValueError(f"no stack of {n_layers} layers found in {type(backbone).__name__}")
 
 
+# --- attention over packed rows ----------------------------------------------------------
+
+PACKED_ATTENTION = "semart_packed_rows"
+
+
+class RowChunks:
+    """Where each row's tokens sit once a batch's real tokens are packed end to end.
+
+    Rows are sorted by length and cut into chunks of `chunk_rows`; attention runs chunk by
+    chunk, each padded to its own longest row, while every other part of a layer (projections,
+    feed-forward, norms, dropout) runs once over the packed tokens, with no padding at all.
+    """
+
+    def __init__(self, lengths: list[int], chunk_rows: int, device: torch.device):
+        starts = [0]
+        for n in lengths[:-1]:
+            starts.append(starts[-1] + n)
+        # Longest first; rows without tokens have nothing to attend to (their mean is 0).
+        order = sorted((r for r in range(len(lengths)) if lengths[r]), key=lambda r: -lengths[r])
+        self.chunks = []  # (gather, key_mask, real), one per chunk
+        packed_order = []  # packed token positions in the order the chunks put them
+        for first in range(0, len(order), chunk_rows):
+            rows = order[first:first + chunk_rows]
+            longest = lengths[rows[0]]
+            gather, mask, real = [], [], []
+            for j, r in enumerate(rows):
+                tokens = list(range(starts[r], starts[r] + lengths[r]))
+                # Padding gathers the row's first token; the key mask hides it.
+                gather += tokens + [starts[r]] * (longest - lengths[r])
+                mask += [True] * lengths[r] + [False] * (longest - lengths[r])
+                real += range(j * longest, j * longest + lengths[r])
+                packed_order += tokens
+            self.chunks.append((
+                torch.tensor(gather, device=device),
+                torch.tensor(mask, device=device).view(len(rows), 1, 1, longest),
+                torch.tensor(real, device=device),
+            ))
+        # (N,): from the chunks' concatenated outputs back to packed order
+        self.unsort = torch.argsort(torch.tensor(packed_order, device=device))
+
+
+def packed_rows_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                          row_chunks: RowChunks | None = None, **kwargs):
+    """(1, H, N, d) packed q, k, v -> (1, N, H, d): each row attends to its own tokens only.
+
+    Called with `row_chunks` by `TextEncoder.top`; otherwise (the whole encoder running in
+    `frozen_hidden`) it hands over to the encoder's own attention.
+    """
+    if row_chunks is None:
+        original = ALL_ATTENTION_FUNCTIONS.get_interface(module.config.packed_fallback, None)
+        return original(module, query, key, value, attention_mask, dropout=dropout,
+                        scaling=scaling, **kwargs)
+    heads, d = query.shape[1], query.shape[3]
+    outputs = []
+    for gather, key_mask, real in row_chunks.chunks:
+        b, length = key_mask.shape[0], key_mask.shape[-1]
+
+        def padded(x):  # (1, H, N, d) -> (b, H, l, d)
+            return x[0].index_select(1, gather).view(heads, b, length, d).transpose(0, 1)
+
+        out = nn.functional.scaled_dot_product_attention(
+            padded(query), padded(key), padded(value), attn_mask=key_mask, dropout_p=dropout,
+            scale=scaling)
+        # (b, H, l, d) -> (real tokens, H, d)
+        outputs.append(out.transpose(1, 2).reshape(b * length, heads, d).index_select(0, real))
+    return torch.cat(outputs).index_select(0, row_chunks.unsort).unsqueeze(0), None
+
+
+AttentionInterface.register(PACKED_ATTENTION, packed_rows_attention)
+
+
+def attention_modules(layer: nn.Module) -> list[nn.Module]:
+    """The modules of a transformer layer that dispatch attention on their config."""
+    return [m for m in layer.modules() if hasattr(getattr(m, "config", None),
+                                                  "_attn_implementation")]
+
+
 class TextEncoder(nn.Module):
     """(B, L) token ids -> (B, D_txt) mean-pooled description vector.
 
@@ -180,6 +260,13 @@ class TextEncoder(nn.Module):
         for layer in self.layers[n_frozen:]:
             for p in layer.parameters():
                 p.requires_grad = True
+            if chunk_rows:
+                # The trainable layers alone dispatch to the packed-rows attention.
+                for module in attention_modules(layer):
+                    config = copy.copy(module.config)
+                    config.packed_fallback = module.config._attn_implementation
+                    config._attn_implementation = PACKED_ATTENTION
+                    module.config = config
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -213,26 +300,25 @@ class TextEncoder(nn.Module):
     def top(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (B, D): run the trainable layers and mean-pool over real tokens.
 
-        With `chunk_rows` the rows run in length-sorted chunks, each cut to its own longest
-        description: a batch is padded to its longest row, but most SemArt descriptions are
-        far shorter (median ~90 of 256 tokens), and the layer's cost grows with the padding.
-        Rows of a transformer layer are independent, so the output is the same up to float
-        rounding; only dropout draws differ.
+        With `chunk_rows` the layers run on the batch's real tokens packed end to end, so a
+        row costs what its description holds, not the batch's longest (most SemArt
+        descriptions are far shorter than their batch's longest: median ~90 of 256 tokens);
+        only attention runs on length-sorted chunks of `chunk_rows` rows, each padded to its
+        own longest (see `RowChunks`). Rows of a transformer layer are independent, so the
+        output is the same up to float rounding; only dropout draws differ.
         """
         if not self.trainable_layers or not self.chunk_rows:
             return self._top_rows(hidden, attention_mask)
         lengths = attention_mask.sum(1)  # (B,)
-        order = torch.argsort(lengths, descending=True, stable=True)
-        # One transfer for all chunk lengths, not one per chunk.
-        sorted_lengths = lengths[order].tolist()
-        pooled = []
-        for start in range(0, len(sorted_lengths), self.chunk_rows):
-            rows = order[start:start + self.chunk_rows]
-            longest = max(1, sorted_lengths[start])  # the chunk's first row is its longest
-            # (B, L, D) -> (b, l, D): the chunk's rows, cut to their longest description
-            pooled.append(self._top_rows(hidden[rows, :longest], attention_mask[rows, :longest]))
-        # Back to the batch's own row order: (B, D)
-        return torch.cat(pooled).index_select(0, torch.argsort(order))
+        # One transfer for all lengths, not one per row.
+        chunks = RowChunks(lengths.tolist(), self.chunk_rows, hidden.device)
+        packed = hidden[attention_mask.bool()].unsqueeze(0)  # (B, L, D) -> (1, N, D)
+        for layer in self.top_layers():
+            packed = layer(packed, attention_mask=None, row_chunks=chunks)
+        # (1, N, D) -> (B, D): each row's mean over its own tokens
+        rows = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
+        sums = packed.new_zeros(len(lengths), self.dim).index_add(0, rows, packed[0])
+        return sums / lengths.clamp(min=1).unsqueeze(1).to(sums.dtype)
 
     def _top_rows(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (B, D): the trainable layers over these rows, then the mean pool."""
