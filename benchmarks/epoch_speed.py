@@ -10,7 +10,8 @@ naive-tuned: naive, with the default pipeline's process and layout settings (cha
 default: the frozen text layers' output comes from the text cache (only the trainable top
          runs, on the batch's real tokens, attention on length-sorted chunks of
          --text-chunk-rows rows), batches are padded to their own longest description, and
-         images are read from resized copies; the backbone runs channels-last (compiled with --compile).
+         images are read from resized copies; the backbone runs channels-last (compiled
+         with --compile).
 grouped: default plus --group-by-length (an option, off by default: it changes which rows
          share a batch).
 
