@@ -452,9 +452,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     unknown = set(pipelines) - set(PIPELINES)
     if unknown:
         raise SystemExit(f"--pipelines: unknown {sorted(unknown)}; choose from {PIPELINES}")
+    import timm
+
+    if not timm.is_model(args.backbone):
+        raise SystemExit(f"--backbone: timm has no model {args.backbone!r}")
     args.work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    data = make_dataset_folder(args.real, args.work, args.rows, os.cpu_count() or 1)
+    try:
+        data = make_dataset_folder(args.real, args.work, args.rows, os.cpu_count() or 1)
+    except FileNotFoundError as err:  # no real rows or paintings where --real points
+        raise SystemExit(f"error: {err}") from None
     descriptions = read_split(data / SPLIT_FILES["train"])["DESCRIPTION"].tolist()
     text_model = make_text_model(args.work, args.tokenizer, descriptions, args.small)
     setup_seconds = time.perf_counter() - start

@@ -96,13 +96,27 @@ def test_epoch_speed_ratios_come_from_epochs_that_took_turns(tmp_path):
 
 @requires_real
 def test_epoch_speed_names_the_pipeline_whose_process_failed(tmp_path):
+    # Only the child checks the chunk size (as the text encoder is built), so it fails there.
     done = subprocess.run(
         ["python", str(REPO / "benchmarks" / "epoch_speed.py"), *SMALL, "--epochs", "1",
-         "--pipelines", "default", "--backbone", "no_such_backbone",
+         "--pipelines", "default", "--text-chunk-rows", "-1",
          "--json", str(tmp_path / "speed.json"), "--work", str(tmp_path / "work"),
          "--real", str(REAL_DIR)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode != 0
     assert "the default pipeline's process ended" in done.stderr
+    assert not (tmp_path / "speed.json").exists()
+
+
+def test_epoch_speed_refuses_bad_arguments_before_any_work(tmp_path):
+    base = ["python", str(REPO / "benchmarks" / "epoch_speed.py"), "--json",
+            str(tmp_path / "speed.json"), "--work", str(tmp_path / "work")]
+    for extra, message in (
+        (["--backbone", "no_such_backbone"], "--backbone: timm has no model 'no_such_backbone'"),
+        (["--real", str(tmp_path / "nowhere")], "no semart_val.csv or semart_test.csv in"),
+    ):
+        done = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and message in done.stderr
+        assert "Traceback" not in done.stderr
     assert not (tmp_path / "speed.json").exists()
