@@ -122,3 +122,20 @@ def test_a_row_without_tokens_pools_to_zero():
         alone = encoder.top(hidden[[0, 1, 3]], mask[[0, 1, 3]])
     assert (pooled[2] == 0).all()
     torch.testing.assert_close(pooled[[0, 1, 3]], alone)
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_an_encoder_with_eager_attention_runs_packed_and_whole(shape):
+    def encoder(chunk_rows):
+        torch.manual_seed(0)
+        backbone = AutoModel.from_config(SHAPES[shape], attn_implementation="eager")
+        return TextEncoder(backbone, 1, chunk_rows).eval()
+
+    packed, whole = encoder(2), encoder(0)
+    hidden, mask = hidden_and_mask(packed.dim, padded_to=max(LENGTHS))
+    ids = torch.randint(0, 50, mask.shape)
+    with torch.no_grad():
+        torch.testing.assert_close(packed.top(hidden, mask), whole.top(hidden, mask),
+                                   atol=1e-5, rtol=1e-4)
+        # The whole encoder (as when the text cache is filled) hands over to eager's equal.
+        torch.testing.assert_close(packed(ids, mask), whole(ids, mask), atol=1e-5, rtol=1e-4)

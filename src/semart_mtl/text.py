@@ -203,7 +203,9 @@ def packed_rows_attention(module, query, key, value, attention_mask, dropout=0.0
     `frozen_hidden`) it hands over to the encoder's own attention.
     """
     if row_chunks is None:
-        original = ALL_ATTENTION_FUNCTIONS.get_interface(module.config.packed_fallback, None)
+        # "eager" is no registered function (each model has its own); SDPA computes the same.
+        original = ALL_ATTENTION_FUNCTIONS.get_interface(module.config.packed_fallback,
+                                                         ALL_ATTENTION_FUNCTIONS["sdpa"])
         return original(module, query, key, value, attention_mask, dropout=dropout,
                         scaling=scaling, **kwargs)
     heads, d = query.shape[1], query.shape[3]
