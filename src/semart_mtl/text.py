@@ -173,12 +173,13 @@ class RowChunks:
             starts.append(starts[-1] + n)
         # Longest first; rows without tokens have nothing to attend to (their mean is 0).
         order = sorted((r for r in range(len(lengths)) if lengths[r]), key=lambda r: -lengths[r])
-        self.chunks = []  # (gather, key_mask, real), one per chunk
+        gather, mask, real = [], [], []  # every chunk's, end to end
+        shapes = []  # (rows, longest, real tokens) of each chunk
         packed_order = []  # packed token positions in the order the chunks put them
         for first in range(0, len(order), chunk_rows):
             rows = order[first:first + chunk_rows]
             longest = lengths[rows[0]]
-            gather, mask, real = [], [], []
+            shapes.append((len(rows), longest, sum(lengths[r] for r in rows)))
             for j, r in enumerate(rows):
                 tokens = list(range(starts[r], starts[r] + lengths[r]))
                 # Padding gathers the row's first token; the key mask hides it.
@@ -186,13 +187,16 @@ class RowChunks:
                 mask += [True] * lengths[r] + [False] * (longest - lengths[r])
                 real += range(j * longest, j * longest + lengths[r])
                 packed_order += tokens
-            self.chunks.append((
-                torch.tensor(gather, device=device),
-                torch.tensor(mask, device=device).view(len(rows), 1, 1, longest),
-                torch.tensor(real, device=device),
-            ))
+        # One transfer per kind of index, not one per chunk; the chunks are views of them.
+        gather, mask, real = (torch.tensor(x).to(device) for x in (gather, mask, real))
+        padded_sizes = [b * longest for b, longest, _ in shapes]
+        self.chunks = [  # (gather, key_mask, real), one per chunk
+            (g, m.view(b, 1, 1, longest), r) for g, m, r, (b, longest, _) in zip(
+                gather.split(padded_sizes), mask.split(padded_sizes),
+                real.split([n for _, _, n in shapes]), shapes)
+        ]
         # (N,): from the chunks' concatenated outputs back to packed order
-        self.unsort = torch.argsort(torch.tensor(packed_order, device=device))
+        self.unsort = torch.argsort(torch.tensor(packed_order)).to(device)
 
 
 def packed_rows_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
