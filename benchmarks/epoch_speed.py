@@ -20,10 +20,10 @@ rows, batch size, loader workers and compute threads, each in a child process so
 peak memory is its own. The children stay up side by side and their epochs take turns
 (naive epoch 1, default epoch 1, ..., naive epoch 2, ...), so that a shared machine's drifting
 speed slows every pipeline alike; `speedup_per_epoch` lists the ratio of each later round.
-The first epoch also pays for what a run does once (loader start,
-memory growing to its peak, kernel choice), which a SemArt epoch of 600 steps spreads thin
-and a benchmark epoch of 3 does not: `seconds_per_epoch` is the mean of the later epochs, and
-the first is reported apart. The rows are real: descriptions (and labels) of the SemArt rows
+The first epoch also pays for what a run does once (loader start, memory growing to its
+peak, kernel choice), which a SemArt epoch of 600 steps spreads thin and a benchmark epoch of
+3 does not: `seconds_per_epoch` is the mean of the later epochs, and the first is reported
+apart. The rows are real: descriptions (and labels) of the SemArt rows
 in --real, and JPEGs of real size (about 1000 x 1300) made from the real paintings there,
 varied per row. The text encoder has DistilBERT's shape (6 layers, hidden 768) with random
 weights; its tokenizer is the BERT uncased WordPiece of --tokenizer (DistilBERT's
@@ -297,9 +297,10 @@ def serve(args: argparse.Namespace) -> None:
         run = PipelineRun(args, args.child)
         reply.write("ready\n")
         for command in sys.stdin:
-            if command.strip() == "epoch":
+            command = command.strip()
+            if command == "epoch":
                 reply.write(f"{run.epoch()}\n")
-            elif command.strip() == "finish":
+            elif command == "finish":
                 args.json.write_text(json.dumps(run.figures()))
                 reply.write("finished\n")
                 return
